@@ -1,0 +1,379 @@
+"""The ``mongotune`` command line: parse, call library code, print with rich.
+
+User errors (``UserError``) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distributed hyper-parameter tuning of Keras image classifiers on MongoDB workers.")
+out = Console()
+err = Console(stderr=True)
+
+MONGO_HELP = ("MongoDB URL (mongodb://user:pw@host:port/db or hyperopt's mongo://host:port/db/jobs). "
+              "Default: $MONGOTUNE_MONGO, else the embedded server on $MONGOTUNE_HOME/db.")
+MongoOpt = typer.Option(None, "--mongo", help=MONGO_HELP, envvar="MONGOTUNE_MONGO")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("pymongo", "hyperopt", "tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(exc: UserError):
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def _mongo(url: str | None):
+    """Yield a usable URL: the one given, or the shared embedded server's."""
+    if url:
+        yield url
+        return
+    from .store.embedded import ensure_embedded
+
+    server = ensure_embedded()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _user_errors():
+    try:
+        yield
+    except UserError as exc:
+        _fail(exc)
+
+
+# ---------------------------------------------------------------- server
+@app.command()
+def server(dbpath: Optional[Path] = typer.Option(None, help="Database directory (default $MONGOTUNE_HOME/db)."),
+           port: int = typer.Option(27117, help="TCP port on 127.0.0.1."),
+           host: str = typer.Option("127.0.0.1", help="Interface to listen on.")):
+    """Serve a persistent MongoDB-wire-compatible database until stopped (Ctrl-C)."""
+    _setup_logging()
+    from .store.embedded import serve
+
+    with _user_errors():
+        out.print(f"serving {dbpath or 'default database'} on mongodb://{host}:{port} (Ctrl-C to stop)")
+        serve(dbpath, port, host)
+
+
+# ---------------------------------------------------------------- launch / resume
+def _progress_table(snap) -> Table:
+    c = snap.counts
+    t = Table(title=f"study {snap.name}", show_header=True, header_style="bold")
+    for col in ("done", "ok", "failed", "running", "queued", "workers", "best loss", "elapsed"):
+        t.add_column(col)
+    best = "-" if snap.best_loss is None else f"{snap.best_loss:.5g} (trial {snap.best_tid})"
+    t.add_row(f"{snap.finished}/{snap.max_evals}", str(c.get("ok", 0)), str(c.get("failed", 0) + c.get("error", 0)),
+              str(c.get("running", 0)), str(c.get("queued", 0)), str(snap.live_workers), best,
+              f"{snap.elapsed_s:.0f}s")
+    return t
+
+
+def _drive(url: str, name: str, workers: int, quiet: bool = False):
+    from .coordinator import Coordinator
+    from .pool import LocalPool
+
+    coord = Coordinator(url)
+    pool = LocalPool(url, workers, study=name).start() if workers > 0 else None
+    stop = threading.Event()
+    try:
+        if quiet or not out.is_terminal:
+            last = {"done": -1}
+
+            def progress(snap):
+                if snap.finished != last["done"]:
+                    last["done"] = snap.finished
+                    best = "-" if snap.best_loss is None else f"{snap.best_loss:.5g}"
+                    out.print(f"[{snap.elapsed_s:6.0f}s] {snap.finished}/{snap.max_evals} done, "
+                              f"{snap.counts['running']} running, {snap.counts['queued']} queued, "
+                              f"{snap.live_workers} workers, best loss {best}", highlight=False)
+
+            try:
+                snap = coord.run(name, progress=progress, stop=stop)
+            except KeyboardInterrupt:
+                stop.set()
+                raise
+        else:
+            with Live(console=out, refresh_per_second=4) as live:
+                try:
+                    snap = coord.run(name, progress=lambda s: live.update(_progress_table(s)), stop=stop)
+                except KeyboardInterrupt:
+                    stop.set()
+                    raise
+    finally:
+        if pool:
+            pool.stop()
+        coord.close()
+    return snap
+
+
+def _report_done(snap, name):
+    if snap.best_loss is None:
+        out.print(f"study {name}: {snap.finished}/{snap.max_evals} trials finished; no successful trial yet")
+        return
+    out.print(f"study [bold]{name}[/]: {snap.finished}/{snap.max_evals} trials finished "
+              f"({snap.counts['ok']} ok, {snap.counts['failed'] + snap.counts['error']} failed) "
+              f"in {snap.elapsed_s:.1f}s")
+    out.print(f"best loss {snap.best_loss:.5g} (trial {snap.best_tid})", highlight=False)
+    if snap.best_loss < 0:
+        out.print(f"best validation accuracy: [bold]{-snap.best_loss if snap.best_loss > -1.0001 else float('nan'):.4f}[/]")
+    out.print("best params: " + json.dumps(snap.best_params, default=str), highlight=False)
+
+
+@app.command()
+def launch(
+    model: str = typer.Argument(..., help="Model to tune: baseline, convstrix, vggstrix, hyperresnet."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: MODEL-DATASET)."),
+    dataset: str = typer.Option("digits", help="digits, fashion_mnist, mnist, cifar10, cifar100, folder, npz."),
+    max_evals: int = typer.Option(20, "--max-evals", help="Number of trials."),
+    algo: str = typer.Option("tpe", help="tpe, rand or anneal."),
+    mongo: Optional[str] = MongoOpt,
+    workers: int = typer.Option(0, help="Start this many local worker processes for the study."),
+    space: Optional[Path] = typer.Option(None, help="JSON search-space file (default: the model's own)."),
+    size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: native)."),
+    channels: Optional[int] = typer.Option(None, help="1 or 3 channels (default: native)."),
+    source: Optional[str] = typer.Option(None, help="Offline dataset path (directory or file)."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of train held out for validation."),
+    epochs: int = typer.Option(50, help="Maximum epochs per trial."),
+    patience: int = typer.Option(5, help="Early-stopping patience (epochs)."),
+    loss: str = typer.Option("neg_val_accuracy", help="neg_val_accuracy, neg_val_accuracy_squared or val_loss."),
+    max_train_samples: Optional[int] = typer.Option(None, help="Train on at most this many samples per trial."),
+    weights: Optional[str] = typer.Option(None, help="vggstrix: 'imagenet' or a local .h5 path."),
+    artifacts: Optional[str] = typer.Option(None, help="Artifact root (default $MONGOTUNE_HOME/artifacts)."),
+    lease: float = typer.Option(60.0, help="Seconds without heartbeat before a trial is requeued."),
+    max_attempts: int = typer.Option(3, help="Expired leases before a trial is failed."),
+    seed: int = typer.Option(0, help="Seed of the search and of the data split."),
+    objective: str = typer.Option("keras", hidden=True),
+    options: Optional[str] = typer.Option(None, hidden=True, help="JSON options for the objective."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain progress lines instead of a live table."),
+):
+    """Create a study and run it: hyperopt's fmin queues trials, workers train them."""
+    _setup_logging()
+    from . import paths
+    from .coordinator import Coordinator
+    from .spaces import load_space_file
+    from .studies import Study, Training
+
+    with _user_errors():
+        if objective == "keras":
+            from .models import get_model
+
+            get_model(model)
+        from .data import DataSpec
+
+        ds = DataSpec.from_dict({"name": dataset, "size": size, "channels": channels, "source": source,
+                                 "val_fraction": val_fraction, "seed": seed})
+        training = Training(epochs=epochs, patience=patience, loss=loss, max_train_samples=max_train_samples,
+                            weights=weights, artifacts=artifacts or str(paths.artifacts_dir()), seed=seed)
+        st = Study(name=study or f"{model}-{dataset}", model=model, dataset=ds.to_dict(), max_evals=max_evals,
+                   algo=algo, space=load_space_file(space) if space else None, objective=objective,
+                   training=training, lease_s=lease, max_attempts=max_attempts, seed=seed,
+                   options=json.loads(options) if options else {})
+        st.validate()
+        with _mongo(mongo) as url:
+            coord = Coordinator(url)
+            coord.create(st)
+            coord.close()
+            out.print(f"study [bold]{st.name}[/] created on {_redacted(url)}: {model} on {dataset}, "
+                      f"{max_evals} trials, {algo}", highlight=False)
+            snap = _drive(url, st.name, workers, quiet)
+        _report_done(snap, st.name)
+
+
+def _redacted(url: str) -> str:
+    from .store import redact
+
+    return redact(url)
+
+
+@app.command()
+def resume(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
+           workers: int = typer.Option(0, help="Start this many local worker processes."),
+           max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Raise the study's budget."),
+           quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Continue an interrupted study up to its max evals (nothing is run twice)."""
+    _setup_logging()
+    from .coordinator import Coordinator
+
+    with _user_errors(), _mongo(mongo) as url:
+        coord = Coordinator(url)
+        st = coord.studies.get(name)
+        if max_evals is not None:
+            if max_evals < 1:
+                raise UserError(f"--max-evals must be a positive integer, got {max_evals}")
+            coord.studies.update(name, max_evals=max_evals)
+        coord.close()
+        snap = _drive(url, name, workers, quiet)
+        _report_done(snap, st.name)
+
+
+# ---------------------------------------------------------------- inspection
+@app.command()
+def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt):
+    """Counts by state, best loss and params, running trials with worker and heartbeat."""
+    from .coordinator import Coordinator
+
+    with _user_errors(), _mongo(mongo) as url:
+        coord = Coordinator(url)
+        st = coord.studies.get(name)
+        snap = coord.snapshot(name)
+        coord.close()
+    out.print(f"study [bold]{st.name}[/]: {st.model} on {st.dataset.get('name')}, {st.algo}, status {st.status}")
+    out.print(_progress_table(snap))
+    if snap.best_params is not None:
+        out.print(f"best loss {snap.best_loss:.5g} (trial {snap.best_tid}): "
+                  + json.dumps(snap.best_params, default=str), highlight=False)
+    if snap.running:
+        t = Table(title="running trials")
+        for col in ("tid", "attempt", "worker", "gpu", "heartbeat age", "progress"):
+            t.add_column(col)
+        for r in snap.running:
+            age = "-" if r["heartbeat_age_s"] is None else f"{r['heartbeat_age_s']:.1f}s"
+            prog = r.get("progress") or {}
+            ptxt = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in prog.items())
+            t.add_row(str(r["tid"]), str(r["attempt"]), str(r["worker"]), str(r["gpu"]), age, ptxt)
+        out.print(t)
+
+
+@app.command()
+def studies(mongo: Optional[str] = MongoOpt):
+    """List studies."""
+    from .coordinator import Coordinator
+
+    with _user_errors(), _mongo(mongo) as url:
+        coord = Coordinator(url)
+        rows = [(s, coord.snapshot(s.name)) for s in coord.studies.list()]
+        coord.close()
+    t = Table(title="studies")
+    for col in ("name", "model", "dataset", "algo", "status", "done", "best loss", "created"):
+        t.add_column(col)
+    for s, snap in rows:
+        t.add_row(s.name, s.model, str(s.dataset.get("name")), s.algo, s.status, f"{snap.finished}/{s.max_evals}",
+                  "-" if snap.best_loss is None else f"{snap.best_loss:.5g}", str(s.created)[:19])
+    out.print(t)
+
+
+@app.command()
+def leaderboard(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
+                top: int = typer.Option(10, help="How many trials.")):
+    """The best trials of a study with their params and metrics."""
+    from .report.leaderboard import leaderboard as board
+
+    with _user_errors(), _mongo(mongo) as url:
+        rows = board(url, name, top)
+    t = Table(title=f"leaderboard of {name}")
+    for col in ("rank", "tid", "loss", "val acc", "epochs", "s/epoch", "params"):
+        t.add_column(col)
+    for i, r in enumerate(rows, 1):
+        t.add_row(str(i), str(r["tid"]), f"{r['loss']:.5g}", _fmt(r.get("val_accuracy")), _fmt(r.get("epochs")),
+                  _fmt(r.get("seconds_per_epoch")), json.dumps(r["params"], default=str))
+    out.print(t)
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def requeue(name: str = typer.Argument(..., help="Study name."),
+            tid: Optional[int] = typer.Option(None, help="Only this trial (running or errored)."),
+            mongo: Optional[str] = MongoOpt):
+    """Put a study's running trials (or one trial) back in the queue."""
+    from .coordinator import Coordinator
+
+    with _user_errors(), _mongo(mongo) as url:
+        coord = Coordinator(url)
+        tids = coord.requeue(name, tid)
+        coord.close()
+    out.print(f"requeued {len(tids)} trial(s): {tids}" if tids else "nothing to requeue")
+
+
+# ---------------------------------------------------------------- workers
+@app.command()
+def worker(mongo: Optional[str] = MongoOpt,
+           gpu: Optional[str] = typer.Option(None, help="GPU index to pin (sets CUDA_VISIBLE_DEVICES); 'none' = CPU."),
+           study: Optional[str] = typer.Option(None, help="Only run trials of this study."),
+           idle_timeout: Optional[float] = typer.Option(None, help="Leave after this many idle seconds."),
+           max_trials: Optional[int] = typer.Option(None, help="Leave after this many trials."),
+           artifacts: Optional[str] = typer.Option(None, help="Artifact root override for this host."),
+           verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """Join the pool: reserve trials, train, report; stays until stopped."""
+    if gpu is not None:  # before anything can import TensorFlow
+        os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu.lower() in ("none", "cpu", "-1") else gpu
+    _setup_logging(verbose)
+    from .worker import Worker, WorkerConfig, install_signal_handlers
+
+    with _user_errors(), _mongo(mongo) as url:
+        w = Worker(WorkerConfig(url=url, study=study, gpu=gpu, idle_timeout=idle_timeout, max_trials=max_trials,
+                                artifacts=artifacts))
+        install_signal_handlers(w)
+        reason = w.run()
+    err.print(f"worker stopped ({reason}) after {w.trials_done} trial(s)")
+
+
+@app.command()
+def workers(mongo: Optional[str] = MongoOpt,
+            all_: bool = typer.Option(False, "--all", help="Include stopped and lost workers.")):
+    """Live workers: host, pid, GPU, current trial, heartbeat age."""
+    from .report.pool import list_workers
+
+    with _user_errors(), _mongo(mongo) as url:
+        rows = list_workers(url, include_gone=all_)
+    t = Table(title="workers")
+    for col in ("worker", "host", "pid", "gpu", "study", "state", "current trial", "done", "heartbeat age"):
+        t.add_column(col)
+    for r in rows:
+        cur = r.get("current") or {}
+        t.add_row(r["_id"], r["host"], str(r["pid"]), str(r.get("gpu")), str(r.get("study") or "any"), r["state"],
+                  f"{cur.get('study')}#{cur.get('tid')}" if cur else "-", str(r.get("trials_done", 0)),
+                  f"{r['heartbeat_age_s']:.1f}s" if r.get("heartbeat_age_s") is not None else "-")
+    out.print(t)
+
+
+def _mount_optional():
+    try:
+        from .cli_data import data_app
+    except ImportError:
+        return
+    app.add_typer(data_app, name="data", help="Prepare, inspect and list cached datasets.")
+
+
+_mount_optional()
+
+
+def main():
+    try:
+        app()
+    except UserError as exc:  # raised outside a command's own handler
+        err.print(f"error: {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The model registry: :class:`ModelDef`, :func:`get_model`, :func:`available_models`.
+
+A model definition couples a search space with a builder.  The space is a
+function of the input shape so that a space never offers an architecture the
+images are too small for; :meth:`ModelDef.build` turns one sampled point of
+that space into an *uncompiled* ``keras.Model`` taking raw ``uint8`` images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mongotune.errors import ConfigError
+
+# marker for "the caller did not say how many coarse classes there are"
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
+
+
+class ModelDef:
+    """One entry of the model zoo.  Subclasses set the class attributes and
+    implement :meth:`space` and :meth:`build`."""
+
+    name: str = ""
+    description: str = ""
+    #: smallest height/width (pixels) the model can be built for
+    min_input_size: int = 1
+
+    # -- the public entry points ---------------------------------------------
+
+    def space(self, input_shape: tuple[int, int, int], *, augment: bool = False) -> dict:
+        """The hyperopt search space for images of ``input_shape`` (H, W, C).
+
+        Always has the keys ``batch_size``, ``learning_rate`` and
+        ``optimizer``.  ``augment=True`` merges in
+        :func:`mongotune.models.augment.augmentation_space`.  Raises
+        ConfigError when the images are too small for this model.
+        """
+        from mongotune.models._common import check_input_shape
+
+        shape = check_input_shape(self.name, input_shape, self.min_input_size)
+        space = self._space(shape)
+        if augment:
+            from mongotune.models.augment import with_augmentation
+
+            space = with_augmentation(space)
+        return space
+
+    def build(self, params: dict, input_shape: tuple[int, int, int], num_classes: int, *,
+              num_coarse_classes: int | None = None, weights: str | None = None):
+        """An uncompiled ``keras.Model`` for one point of :meth:`space`.
+
+        The model takes raw ``uint8`` images of ``input_shape``.  Invalid
+        params (missing keys, values out of range, an architecture the image
+        size cannot carry) raise ConfigError.
+        """
+        from mongotune.models._common import Params, check_input_shape, check_num_classes
+
+        shape = check_input_shape(self.name, input_shape, self.min_input_size)
+        n = check_num_classes(self.name, num_classes)
+        coarse = None
+        if num_coarse_classes is not None:
+            coarse = check_num_classes(self.name, num_coarse_classes, "num_coarse_classes")
+        return self._build(Params(self.name, params), shape, n, num_coarse_classes=coarse,
+                           weights=weights)
+
+    # -- to implement --------------------------------------------------------
+
+    def _space(self, input_shape: tuple[int, int, int]) -> dict:
+        raise NotImplementedError
+
+    def _build(self, p, input_shape, num_classes, *, num_coarse_classes, weights):
+        raise NotImplementedError
+
+    # -- defaults for single-output models ----------------------------------
+
+    def output_names(self, params: dict, *, num_coarse_classes: Any = _UNSET) -> list[str]:
+        """Names of the model's outputs (and of its output layers)."""
+        return ["output"]
+
+    def loss_weights(self, params: dict, *, num_coarse_classes: Any = _UNSET) -> dict[str, float] | None:
+        """``loss_weights`` for ``model.compile``; ``None`` for one output."""
+        return None
+
+    def learning_rate(self, params: dict) -> float:
+        """The learning rate the optimizer should start with."""
+        try:
+            lr = float(params["learning_rate"])
+        except KeyError:
+            raise ConfigError(f"{self.name}: hyper-parameter 'learning_rate' is missing") from None
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{self.name}: hyper-parameter 'learning_rate' must be a number, "
+                f"got {params['learning_rate']!r}"
+            ) from None
+        return lr
+
+    def corners(self, input_shape: tuple[int, int, int]) -> list[dict]:
+        """Concrete params at the extremes of :meth:`space` (every branch of
+        every choice, smallest and largest value of every dimension)."""
+        from mongotune.models._space import corners
+
+        return corners(self.space(input_shape))
+
+    def __repr__(self) -> str:
+        return f"<ModelDef {self.name!r}>"
+
+
+_REGISTRY: dict[str, ModelDef] = {}
+
+
+def register(model_def: ModelDef) -> ModelDef:
+    """Add a model definition (instance) to the zoo under its ``name``."""
+    name = model_def.name
+    if not name or name != name.strip().lower():
+        raise ValueError(f"model names must be lower case and non-empty, got {name!r}")
+    if name in _REGISTRY and _REGISTRY[name] is not model_def:
+        raise ValueError(f"a model named {name!r} is already registered")
+    _REGISTRY[name] = model_def
+    return model_def
+
+
+def available_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_model(name: str) -> ModelDef:
+    """The model definition called ``name`` (case-insensitive)."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    try:
+        return _REGISTRY[key]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown model {name!r}; choose from: {', '.join(available_models())}"
+        ) from None
