@@ -43,7 +43,9 @@ def _sleep_interruptibly(seconds: float, ctx: TrialContext) -> None:
 def synthetic(study, params: dict, ctx: TrialContext) -> dict:
     """Loss ``(x - 0.3)^2`` after an optional sleep; can raise or return NaN on chosen trials.
 
-    options: ``sleep_s``, ``raise_on_tids``, ``nan_on_tids``.
+    options: ``sleep_s``, ``raise_on_tids``, ``nan_on_tids``, and ``record_dir``
+    (a directory where each evaluation that runs to the end leaves one file,
+    so tests can count how often a trial really ran).
     """
     opts = study.options or {}
     _sleep_interruptibly(float(opts.get("sleep_s", 0.0)), ctx)
@@ -51,6 +53,13 @@ def synthetic(study, params: dict, ctx: TrialContext) -> dict:
         raise RuntimeError(f"synthetic failure requested for trial {ctx.tid}")
     x = float(params.get("x", 0.0))
     loss = math.nan if ctx.tid in opts.get("nan_on_tids", []) else (x - 0.3) ** 2
+    if opts.get("record_dir"):
+        import os
+        import uuid
+
+        os.makedirs(opts["record_dir"], exist_ok=True)
+        with open(os.path.join(opts["record_dir"], f"tid{ctx.tid}-{uuid.uuid4().hex[:8]}"), "w") as fh:
+            fh.write(f"{os.getpid()} attempt {ctx.attempt}\n")
     return {"status": "ok", "loss": loss, "x": x}
 
 

@@ -1,0 +1,272 @@
+"""One trial: build, compile, fit with early stopping, evaluate, save artifacts.
+
+This is the "tuner" half of mongotune, called by a worker for studies whose
+objective is ``keras``.  The dataset is opened once per process (memory
+mapped) and reused across trials; the model comes from the registry by name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TrialFailure
+
+log = logging.getLogger("mongotune.training")
+
+MEMORY_GUARD_FRACTION = 0.9
+_backend_configured = False
+
+
+def configure_backend(mixed_precision: str = "auto") -> dict:
+    """Once per process: mixed precision when a GPU is present (or forced)."""
+    global _backend_configured
+    import keras
+
+    from .devices import has_gpu
+
+    gpu = has_gpu()
+    use_mp = mixed_precision == "on" or (mixed_precision == "auto" and gpu)
+    if not _backend_configured:
+        keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
+        _backend_configured = True
+    return {"gpu": gpu, "mixed_precision": use_mp, "backend": keras.backend.backend()}
+
+
+def _labels(ds, split: str, heads: list[str]):
+    y = getattr(ds, f"y_{split}")
+    if len(heads) == 1:
+        return y
+    out = {}
+    for h in heads:
+        out[h] = y if h == "fine" else ds.extra_labels[h][split]
+    return out
+
+
+def _subsample(x, y, n: int | None, seed: int):
+    if not n or n >= len(x):
+        return x, y
+    idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
+    if isinstance(y, dict):
+        return x[idx], {k: v[idx] for k, v in y.items()}
+    return x[idx], y[idx]
+
+
+def _make_callback_class():
+    import keras
+
+    class TrialMonitor(keras.callbacks.Callback):
+        """Epoch timings, NaN detection, progress reports and cooperative stopping."""
+
+        def __init__(self, ctx, epochs):
+            super().__init__()
+            self.ctx = ctx
+            self.epochs = epochs
+            self.epoch_seconds: list[float] = []
+            self.nan_at: tuple[int, float] | None = None
+            self.stopped_by_ctx = False
+            self._t0 = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.ctx.should_stop():
+                self.stopped_by_ctx = True
+                self.model.stop_training = True
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.nan_at = (len(self.epoch_seconds), float(loss))
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_seconds.append(time.perf_counter() - self._t0)
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            self.ctx.report({"epoch": epoch + 1, "epochs": self.epochs, **logs})
+            if any(not math.isfinite(v) for k, v in logs.items() if k.endswith("loss")) and self.nan_at is None:
+                self.nan_at = (epoch, next(v for k, v in logs.items() if k.endswith("loss") and not math.isfinite(v)))
+                self.model.stop_training = True
+
+    return TrialMonitor
+
+
+def compile_model(model, model_def, params: dict):
+    from .models import make_optimizer
+
+    heads = model_def.output_names(params)
+    lr = float(model_def.learning_rate(params))
+    opt = make_optimizer(str(params.get("optimizer", "adam")), lr)
+    if len(heads) == 1:
+        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:
+        model.compile(optimizer=opt, loss={h: "sparse_categorical_crossentropy" for h in heads},
+                      metrics={h: ["accuracy"] for h in heads}, loss_weights=model_def.loss_weights(params))
+    return heads
+
+
+def _accuracy_key(history: dict, heads: list[str], prefix: str = "val_") -> str | None:
+    for key in ([f"{prefix}accuracy"] if len(heads) == 1 else [f"{prefix}{heads[0]}_accuracy"]):
+        if key in history:
+            return key
+    cands = [k for k in history if k.startswith(prefix) and k.endswith("accuracy")]
+    return sorted(cands)[0] if cands else None
+
+
+def predict_classes(model, x, heads: list[str], batch_size: int = 256) -> np.ndarray:
+    pred = model.predict(x, batch_size=batch_size, verbose=0)
+    if isinstance(pred, dict):
+        pred = pred[heads[0]]
+    elif isinstance(pred, (list, tuple)):
+        pred = pred[0]
+    return np.asarray(pred).argmax(axis=-1)
+
+
+def per_class_report(y_true, y_pred, class_names: list[str]) -> dict:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = list(range(len(class_names)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {name: {"precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
+                   "f1": round(float(f[i]), 4), "support": int(s[i])} for i, name in enumerate(class_names)}
+
+
+def loss_from(kind: str, val_accuracy: float, val_loss: float | None) -> float:
+    if kind == "neg_val_accuracy":
+        return -val_accuracy
+    if kind == "neg_val_accuracy_squared":
+        return -(val_accuracy ** 2)
+    if kind == "val_loss":
+        return float(val_loss) if val_loss is not None else math.nan
+    raise TrialFailure("config", f"unknown loss {kind!r}")
+
+
+def build_for(study, params: dict, ds):
+    """Build (uncompiled) the study's model for ``params`` on dataset ``ds``."""
+    from .models import get_model
+
+    model_def = get_model(study.model)
+    coarse = None
+    if "coarse" in getattr(ds, "extra_labels", {}) and study.model == "hyperresnet":
+        coarse = len(ds.extra_class_names.get("coarse") or []) or int(ds.extra_labels["coarse"]["train"].max()) + 1
+    model = model_def.build(params, tuple(ds.input_shape), ds.num_classes, num_coarse_classes=coarse,
+                            weights=study.training.weights)
+    return model_def, model
+
+
+def memory_guard(model, params: dict) -> dict:
+    """Fail fast (recorded on the trial) when the configuration cannot fit."""
+    from .devices import device_memory_bytes
+    from .models import estimate_memory
+
+    est = estimate_memory(model, int(params.get("batch_size", 32)), optimizer=str(params.get("optimizer", "adam")))
+    budget = device_memory_bytes()
+    if est["total_bytes"] > MEMORY_GUARD_FRACTION * budget:
+        raise TrialFailure(
+            "memory-guard",
+            f"needs about {est['total_bytes'] / 2**30:.1f} GiB ({est['params']:,} parameters, batch "
+            f"{params.get('batch_size')}), more than {MEMORY_GUARD_FRACTION:.0%} of the "
+            f"{budget / 2**30:.1f} GiB this worker has",
+        )
+    return est
+
+
+def train_trial(study, params: dict, ctx) -> dict:
+    import keras
+
+    from .data import DataSpec, load
+
+    env = configure_backend(study.training.mixed_precision)
+    t_start = time.perf_counter()
+    ds = load(DataSpec.from_dict(study.dataset))
+    seed = int(study.training.seed) * 100003 + int(ctx.tid)
+    keras.utils.set_random_seed(seed % (2**31))
+    model_def, model = build_for(study, params, ds)
+    est = memory_guard(model, params)
+    heads = compile_model(model, model_def, params)
+    batch_size = int(params.get("batch_size", 32))
+    x_train, y_train = _subsample(ds.x_train, _labels(ds, "train", heads), study.training.max_train_samples, seed)
+    x_val, y_val = ds.x_val, _labels(ds, "val", heads)
+
+    Monitor = _make_callback_class()
+    monitor = Monitor(ctx, study.training.epochs)
+    monitor_metric = "val_loss" if study.training.loss == "val_loss" else (
+        "val_accuracy" if len(heads) == 1 else f"val_{heads[0]}_accuracy")
+    early = keras.callbacks.EarlyStopping(monitor=monitor_metric, mode="min" if monitor_metric == "val_loss" else "max",
+                                          patience=study.training.patience, restore_best_weights=True)
+    callbacks = [monitor, early]
+    art = Path(ctx.artifacts_dir) if ctx.artifacts_dir else None
+    if art is not None:
+        art.mkdir(parents=True, exist_ok=True)
+        (art / "params.json").write_text(json.dumps(params, indent=2, default=str))
+        if study.training.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(art / "tensorboard"), write_graph=False))
+    try:
+        hist = model.fit(x_train, y_train, batch_size=batch_size, epochs=study.training.epochs,
+                         validation_data=(x_val, y_val), callbacks=callbacks, verbose=0, shuffle=True)
+    except Exception as exc:
+        name = type(exc).__name__
+        if name == "ResourceExhaustedError" or "out of memory" in str(exc).lower() or "OOM" in str(exc):
+            raise TrialFailure("oom", f"out of memory while training (batch {batch_size}): {name}") from None
+        raise
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    if monitor.stopped_by_ctx:
+        raise TrialFailure("interrupted", "training stopped: lease lost or worker shutting down")
+    if monitor.nan_at is not None:
+        epoch, value = monitor.nan_at
+        raise TrialFailure("nan", f"training loss became {value} in epoch {epoch + 1}")
+
+    y_pred = predict_classes(model, x_val, heads, batch_size=max(batch_size, 256))
+    y_val_main = y_val if len(heads) == 1 else y_val[heads[0]]
+    val_accuracy = float(np.mean(y_pred == np.asarray(y_val_main)))
+    val_losses = history.get("val_loss") or [math.nan]
+    best_epoch = int(np.argmax(history[_accuracy_key(history, heads)]) + 1) if _accuracy_key(history, heads) else len(val_losses)
+    if study.training.loss == "val_loss":
+        best_epoch = int(np.nanargmin(val_losses) + 1)
+    loss = loss_from(study.training.loss, val_accuracy, min(val_losses))
+    result = {
+        "status": "ok",
+        "loss": loss,
+        "val_accuracy": val_accuracy,
+        "val_loss": float(min(val_losses)),
+        "epochs": len(monitor.epoch_seconds),
+        "best_epoch": best_epoch,
+        "seconds_per_epoch": float(np.mean(monitor.epoch_seconds)) if monitor.epoch_seconds else None,
+        "train_seconds": time.perf_counter() - t_start,
+        "params_count": int(model.count_params()),
+        "memory_estimate_bytes": int(est["total_bytes"]),
+        "per_class": per_class_report(y_val_main, y_pred, list(ds.class_names)),
+        "history": history,
+        "backend": env["backend"],
+        "mixed_precision": env["mixed_precision"],
+    }
+    if len(heads) > 1:
+        for h in heads[1:]:
+            key = f"val_{h}_accuracy"
+            if key in history:
+                result[key] = max(history[key])
+    if art is not None:
+        (art / "history.json").write_text(json.dumps(history, indent=2))
+        if study.training.save_model:
+            model.save(art / "model.keras")
+        summary = {k: v for k, v in result.items() if k not in ("history",)}
+        (art / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+        result["artifacts"] = str(art)
+    keras.backend.clear_session(free_memory=True) if _accepts_free_memory() else keras.backend.clear_session()
+    return result
+
+
+def _accepts_free_memory() -> bool:
+    import inspect
+
+    import keras
+
+    try:
+        return "free_memory" in inspect.signature(keras.backend.clear_session).parameters
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,68 @@
+"""Helpers for tests that run real worker / coordinator / server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pymongo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def env(**extra) -> dict:
+    e = os.environ.copy()
+    e["PYTHONUNBUFFERED"] = "1"
+    e["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    e["CUDA_VISIBLE_DEVICES"] = ""
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e.update({k: str(v) for k, v in extra.items()})
+    return e
+
+
+def mongotune(*args, log: Path | None = None, **popen) -> subprocess.Popen:
+    """Start ``python -m mongotune ARGS`` as a real process."""
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "mongotune", *map(str, args)], stdout=out,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env(), **popen)
+
+
+def run_cli(*args, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mongotune", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env(**kw), stdin=subprocess.DEVNULL)
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def db_of(url: str):
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    return client.get_default_database()
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def log_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""

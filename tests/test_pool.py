@@ -1,0 +1,202 @@
+"""The worker pool with real processes: leases, requeue, shutdown, restarts.
+
+These use the ``synthetic`` objective (no TensorFlow) so that timing is
+controlled; ``test_e2e_keras.py`` runs the same machinery with real training.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW, JOB_STATE_RUNNING
+
+from mongotune.coordinator import Coordinator
+from mongotune.studies import Study
+
+from helpers import db_of, log_text, mongotune, run_cli, stop, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _study(name, max_evals, **options):
+    lease = options.pop("lease_s", 60.0)
+    return Study(name=name, model="synthetic", dataset={"name": "digits"}, max_evals=max_evals,
+                 objective="synthetic", options=options, lease_s=lease, algo=options.pop("algo", "tpe"))
+
+
+def _runs_per_tid(record_dir: Path) -> collections.Counter:
+    return collections.Counter(p.name.split("-")[0] for p in record_dir.iterdir()) if record_dir.exists() else {}
+
+
+def _docs(db, name):
+    return list(db.jobs.find({"exp_key": f"mongotune:{name}"}).sort("tid", 1))
+
+
+def test_two_workers_run_every_trial_once_and_record_failures(mongo_url, tmp_path):
+    rec = tmp_path / "runs"
+    coord = Coordinator(mongo_url)
+    coord.create(_study("s1", 10, sleep_s=0.1, raise_on_tids=[3], nan_on_tids=[5], record_dir=str(rec)))
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    workers = [mongotune("worker", "--mongo", mongo_url, "--study", "s1", log=logs[i]) for i in range(2)]
+    try:
+        snap = coord.run("s1")
+    finally:
+        codes = [stop(w) for w in workers]
+    assert codes == [0, 0], [log_text(p)[-2000:] for p in logs]
+    docs = _docs(db_of(mongo_url), "s1")
+    assert [d["tid"] for d in docs] == sorted({d["tid"] for d in docs}) and len(docs) == 10
+    assert all(d["state"] == JOB_STATE_DONE for d in docs)
+    by_tid = {d["tid"]: d for d in docs}
+    assert by_tid[3]["result"]["status"] == "fail"
+    assert by_tid[3]["result"]["failure"]["kind"] == "exception"
+    assert "synthetic failure requested for trial 3" in by_tid[3]["result"]["failure"]["reason"]
+    assert "Traceback" in by_tid[3]["result"]["failure"]["traceback"]
+    assert by_tid[5]["result"]["status"] == "fail" and by_tid[5]["result"]["failure"]["kind"] == "nan"
+    ok = [d for d in docs if d["result"]["status"] == "ok"]
+    assert len(ok) == 8 and all(isinstance(d["result"]["loss"], float) for d in ok)
+    assert snap.counts == {"queued": 0, "running": 0, "ok": 8, "failed": 2, "error": 0}
+    # both workers took part, and every trial ran exactly once (failed ones never finished)
+    assert len({d["worker"]["pid"] for d in docs}) == 2
+    runs = _runs_per_tid(rec)
+    assert set(runs.values()) == {1} and len(runs) == 9  # 10 trials less the one that raised
+    study = coord.studies.get("s1")
+    assert study.status == "done" and study.best["loss"] == snap.best_loss
+
+
+def test_killed_worker_trial_is_requeued_after_lease(mongo_url, tmp_path):
+    rec = tmp_path / "runs"
+    coord = Coordinator(mongo_url)
+    coord.create(_study("s2", 4, sleep_s=1.5, lease_s=2.0, record_dir=str(rec), algo="rand"))
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("snap", coord.run("s2")))
+    t.start()
+    db = db_of(mongo_url)
+    victim = mongotune("worker", "--mongo", mongo_url, "--study", "s2", log=tmp_path / "victim.log")
+    running = wait_for(lambda: db.jobs.find_one({"study": "s2", "state": JOB_STATE_RUNNING}), 60, what="a running trial")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    survivor = mongotune("worker", "--mongo", mongo_url, "--study", "s2", log=tmp_path / "survivor.log")
+    t.join(120)
+    assert not t.is_alive(), "coordinator did not finish"
+    assert stop(survivor) == 0
+    docs = _docs(db, "s2")
+    assert len(docs) == 4 and all(d["state"] == JOB_STATE_DONE and d["result"]["status"] == "ok" for d in docs)
+    killed = next(d for d in docs if d["tid"] == running["tid"])
+    assert killed["attempts"] == 1 and len(killed["lease_expiries"]) == 1
+    assert killed["worker"]["pid"] == survivor.pid
+    assert set(_runs_per_tid(rec).values()) == {1} and len(_runs_per_tid(rec)) == 4
+
+
+def test_sigterm_hands_trial_back_at_once(mongo_url, tmp_path):
+    coord = Coordinator(mongo_url)
+    coord.create(_study("s3", 1, sleep_s=30.0, algo="rand"))
+    t = threading.Thread(target=coord.run, args=("s3",), kwargs={"stop": (stop_ev := threading.Event())})
+    t.start()
+    db = db_of(mongo_url)
+    w = mongotune("worker", "--mongo", mongo_url, "--study", "s3", log=tmp_path / "w.log")
+    try:
+        wait_for(lambda: db.jobs.find_one({"study": "s3", "state": JOB_STATE_RUNNING}), 60, what="running trial")
+        t0 = time.monotonic()
+        w.send_signal(signal.SIGTERM)
+        code = w.wait(20)
+        elapsed = time.monotonic() - t0
+        doc = db.jobs.find_one({"study": "s3"})
+        assert code == 0, log_text(tmp_path / "w.log")[-2000:]
+        assert doc["state"] == JOB_STATE_NEW and doc["owner"] is None
+        assert doc["requeues"][0]["reason"] == "worker shutdown"
+        assert elapsed < 15  # at once, not after the 30 s trial or a 60 s lease
+        assert "handed back" in log_text(tmp_path / "w.log")
+    finally:
+        stop_ev.set()
+        stop(w, signal.SIGKILL)
+        t.join(30)
+
+
+def test_idle_worker_stays_and_late_worker_joins(mongo_url, tmp_path):
+    db = db_of(mongo_url)
+    early = mongotune("worker", "--mongo", mongo_url, log=tmp_path / "early.log")
+    try:
+        wait_for(lambda: db.workers.find_one({"pid": early.pid}), 30, what="worker registration")
+        time.sleep(3.0)  # longer than the poll/backoff cycle: hyperopt's worker would have given up by now
+        assert early.poll() is None
+        coord = Coordinator(mongo_url)
+        coord.create(_study("s4", 10, sleep_s=1.0, algo="rand"))
+        t = threading.Thread(target=coord.run, args=("s4",))
+        t.start()
+        wait_for(lambda: db.jobs.count_documents({"study": "s4", "state": JOB_STATE_DONE}) >= 1, 60, what="first trial")
+        late = mongotune("worker", "--mongo", mongo_url, "--study", "s4", log=tmp_path / "late.log")
+        listing = wait_for(lambda: (r := run_cli("workers", "--mongo", mongo_url)) and str(late.pid) in r.stdout and r,
+                           60, interval=0.5, what="late worker listed")
+        assert str(early.pid) in listing.stdout
+        t.join(120)
+        assert not t.is_alive()
+        pids = {d["worker"]["pid"] for d in _docs(db, "s4")}
+        assert late.pid in pids and early.pid in pids
+        assert stop(late) == 0
+    finally:
+        assert stop(early) == 0
+
+
+def test_resume_after_killed_coordinator_runs_nothing_twice(mongo_url, tmp_path):
+    rec = tmp_path / "runs"
+    opts = f'{{"sleep_s": 0.4, "record_dir": "{rec}"}}'
+    w = mongotune("worker", "--mongo", mongo_url, log=tmp_path / "w.log")
+    coord = mongotune("launch", "x", "--study", "s5", "--objective", "synthetic", "--options", opts,
+                      "--max-evals", 8, "--mongo", mongo_url, "-q", log=tmp_path / "coord.log")
+    db = db_of(mongo_url)
+    try:
+        wait_for(lambda: db.jobs.count_documents({"study": "s5", "state": JOB_STATE_DONE}) >= 3, 120,
+                 what="three finished trials")
+        coord.send_signal(signal.SIGKILL)
+        coord.wait()
+        assert db.studies.find_one({"_id": "s5"})["status"] == "running"  # it never got to say otherwise
+        r = run_cli("resume", "s5", "--mongo", mongo_url, "-q", timeout=240)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "8/8 trials finished" in r.stdout
+    finally:
+        stop(w)
+    docs = _docs(db, "s5")
+    assert len(docs) == 8 and all(d["state"] == JOB_STATE_DONE for d in docs)
+    assert sorted(d["tid"] for d in docs) == sorted({d["tid"] for d in docs})
+    runs = _runs_per_tid(rec)
+    assert len(runs) == 8 and set(runs.values()) == {1}
+    assert db.studies.find_one({"_id": "s5"})["status"] == "done"
+
+
+def test_server_killed_and_restarted_mid_study(tmp_path):
+    from mongotune.store.embedded import free_port, start_server
+
+    rec = tmp_path / "runs"
+    dbpath = tmp_path / "db"
+    port = free_port()
+    server = start_server(dbpath, port=port)
+    url = f"mongodb://127.0.0.1:{port}/restart"
+    opts = f'{{"sleep_s": 0.5, "record_dir": "{rec}"}}'
+    w = mongotune("worker", "--mongo", url, log=tmp_path / "w.log")
+    coord = mongotune("launch", "x", "--study", "s6", "--objective", "synthetic", "--options", opts,
+                      "--max-evals", 10, "--mongo", url, "-q", log=tmp_path / "coord.log")
+    try:
+        db = db_of(url)
+        wait_for(lambda: db.jobs.count_documents({"study": "s6", "state": JOB_STATE_DONE}) >= 3, 120,
+                 what="three finished trials")
+        db.client.close()
+        server.kill()  # kill -9 of the database server
+        time.sleep(7.0)  # longer than pymongo's own 5 s server selection: our retries must carry it
+        server = start_server(dbpath, port=port)
+        assert coord.wait(180) == 0, log_text(tmp_path / "coord.log")[-3000:]
+        db = db_of(url)
+        docs = _docs(db, "s6")
+        assert len(docs) == 10 and all(d["state"] == JOB_STATE_DONE and d["result"]["status"] == "ok" for d in docs)
+        runs = _runs_per_tid(rec)
+        assert len(runs) == 10 and set(runs.values()) == {1}
+        assert "unreachable" in log_text(tmp_path / "coord.log") + log_text(tmp_path / "w.log")
+    finally:
+        stop(w)
+        stop(coord, signal.SIGKILL)
+        server.stop()
