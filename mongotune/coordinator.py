@@ -234,7 +234,11 @@ class Coordinator:
         if now - cache.get("t", 0.0) > 0.5:
             try:
                 live = live_workers(self.db, study.name)
-                idle = sum(1 for w in live if not w.get("current"))
+                # a worker's own document lags its reservation by up to one
+                # heartbeat, so busy workers are read from the running trials
+                busy = {d.get("worker", {}).get("id") for d in self.jobs.find(
+                    {"state": JOB_STATE_RUNNING}, projection=["worker.id"])}
+                idle = sum(1 for w in live if w["_id"] not in busy)
                 cache["v"] = max(1, idle + study.queue_spare)
             except Exception:  # noqa: BLE001 - keep the last answer while the server is away
                 cache.setdefault("v", 1)

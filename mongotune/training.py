@@ -96,17 +96,13 @@ def _make_callback_class():
     return TrialMonitor
 
 
-def compile_model(model, model_def, params: dict):
+def compile_model(model, model_def, params: dict, num_coarse_classes: int | None = None):
     from .models import make_optimizer
 
-    heads = model_def.output_names(params)
+    heads = model_def.output_names(params, num_coarse_classes=num_coarse_classes)
     lr = float(model_def.learning_rate(params))
     opt = make_optimizer(str(params.get("optimizer", "adam")), lr)
-    if len(heads) == 1:
-        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    else:
-        model.compile(optimizer=opt, loss={h: "sparse_categorical_crossentropy" for h in heads},
-                      metrics={h: ["accuracy"] for h in heads}, loss_weights=model_def.loss_weights(params))
+    model.compile(optimizer=opt, **model_def.compile_kwargs(params, num_coarse_classes=num_coarse_classes))
     return heads
 
 
@@ -156,7 +152,7 @@ def build_for(study, params: dict, ds):
         coarse = len(ds.extra_class_names.get("coarse") or []) or int(ds.extra_labels["coarse"]["train"].max()) + 1
     model = model_def.build(params, tuple(ds.input_shape), ds.num_classes, num_coarse_classes=coarse,
                             weights=study.training.weights)
-    return model_def, model
+    return model_def, model, coarse
 
 
 def memory_guard(model, params: dict) -> dict:
@@ -186,9 +182,9 @@ def train_trial(study, params: dict, ctx) -> dict:
     ds = load(DataSpec.from_dict(study.dataset))
     seed = int(study.training.seed) * 100003 + int(ctx.tid)
     keras.utils.set_random_seed(seed % (2**31))
-    model_def, model = build_for(study, params, ds)
+    model_def, model, coarse = build_for(study, params, ds)
     est = memory_guard(model, params)
-    heads = compile_model(model, model_def, params)
+    heads = compile_model(model, model_def, params, coarse)
     batch_size = int(params.get("batch_size", 32))
     x_train, y_train = _subsample(ds.x_train, _labels(ds, "train", heads), study.training.max_train_samples, seed)
     x_val, y_val = ds.x_val, _labels(ds, "val", heads)
@@ -204,7 +200,7 @@ def train_trial(study, params: dict, ctx) -> dict:
     if art is not None:
         art.mkdir(parents=True, exist_ok=True)
         (art / "params.json").write_text(json.dumps(params, indent=2, default=str))
-        if study.training.tensorboard:
+        if study.training.tensorboard and _tensorboard_available():
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(art / "tensorboard"), write_graph=False))
     try:
         hist = model.fit(x_train, y_train, batch_size=batch_size, epochs=study.training.epochs,
@@ -259,6 +255,12 @@ def train_trial(study, params: dict, ctx) -> dict:
         result["artifacts"] = str(art)
     keras.backend.clear_session(free_memory=True) if _accepts_free_memory() else keras.backend.clear_session()
     return result
+
+
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _accepts_free_memory() -> bool:

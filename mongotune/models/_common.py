@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
 from mongotune.errors import ConfigError
 
@@ -115,7 +116,7 @@ class Params:
 
     def as_int(self, key: str, value: Any, low: int | None = None,
                high: int | None = None) -> int:
-        if isinstance(value, bool):
+        if isinstance(value, (bool, np.bool_)):
             raise self._fail(key, f"must be an integer, got {value!r}")
         try:
             f = float(value)
@@ -136,7 +137,7 @@ class Params:
     def as_float(self, key: str, value: Any, low: float | None = None,
                  high: float | None = None, *, low_open: bool = False,
                  high_open: bool = False) -> float:
-        if isinstance(value, bool):
+        if isinstance(value, (bool, np.bool_)):
             raise self._fail(key, f"must be a number, got {value!r}")
         try:
             f = float(value)
@@ -152,9 +153,9 @@ class Params:
 
     def bool(self, key: str, default: Any = _MISSING) -> bool:
         value = self.raw(key, default)
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and value in (0, 1):
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, (int, float, np.integer, np.floating)) and value in (0, 1):
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.strip().lower() in ("true", "yes", "1")
@@ -267,5 +268,7 @@ def dense_head(x, *, num_layers: int, units: int, dropout: float, activation: st
 
 
 def softmax_output(x, num_classes: int, name: str = "output", kernel_regularizer=None):
-    return keras.layers.Dense(num_classes, activation="softmax",
+    # float32 even under a mixed-precision policy: a float16 softmax loses
+    # small probabilities and makes the cross-entropy unstable.
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                               kernel_regularizer=kernel_regularizer, name=name)(x)
