@@ -103,6 +103,9 @@ def parse_mongo_url(url: str, pwfile: str | None = None) -> MongoURL:
     if user and pw is None and pwfile:
         with open(pwfile) as fh:
             pw = fh.read().rstrip("\n")
+    if user and pw is None and os.environ.get("MONGOTUNE_MONGO_PASSWORD"):
+        # keeps the password out of command lines, unit files and `ps`
+        pw = os.environ["MONGOTUNE_MONGO_PASSWORD"]
     hosts = tuple(h for h in hostlist.split(",") if h)
     for h in hosts:
         hp = h.rsplit(":", 1)
