@@ -180,6 +180,9 @@ def launch(
 
     with _user_errors():
         if objective == "keras":
+            from ._quiet import import_keras_quietly
+
+            import_keras_quietly()
             from .models import get_model
 
             get_model(model)

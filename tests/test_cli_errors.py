@@ -1,0 +1,58 @@
+"""User errors: one clear line on stderr and exit code 2, through the real CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import run_cli
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_unknown_model(mongo_url):
+    _one_line_error(run_cli("launch", "resnet9000", "--mongo", mongo_url), "unknown model 'resnet9000'", "baseline")
+
+
+def test_bad_url():
+    _one_line_error(run_cli("launch", "baseline", "--mongo", "postgres://x:secret@host/db"),
+                    "bad MongoDB URL", "unknown scheme")
+
+
+def test_bad_url_never_shows_password():
+    line = _one_line_error(run_cli("status", "s", "--mongo", "mongodb://u:hunter2@127.0.0.1:99999/db"), "bad port")
+    assert "hunter2" not in line and "***" in line
+
+
+def test_unreachable_server():
+    from mongotune.store.embedded import free_port
+
+    line = _one_line_error(run_cli("studies", "--mongo", f"mongodb://admin:s3cret@127.0.0.1:{free_port()}/db"),
+                           "cannot reach MongoDB")
+    assert "s3cret" not in line
+
+
+def test_negative_max_evals(mongo_url):
+    _one_line_error(run_cli("launch", "baseline", "--max-evals", "-3", "--mongo", mongo_url), "--max-evals",
+                    "positive")
+
+
+def test_unknown_study(mongo_url):
+    _one_line_error(run_cli("status", "nope", "--mongo", mongo_url), "no study named 'nope'")
+
+
+def test_bad_space_file(tmp_path, mongo_url):
+    bad = tmp_path / "space.json"
+    bad.write_text('{"lr": {"hp": "loguniform", "low": 0, "high": 1}}')
+    _one_line_error(run_cli("launch", "baseline", "--space", bad, "--mongo", mongo_url), "space", "lr", "0 < low")
+    bad.write_text("{not json")
+    _one_line_error(run_cli("launch", "baseline", "--space", bad, "--mongo", mongo_url), "invalid JSON")

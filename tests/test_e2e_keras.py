@@ -1,0 +1,58 @@
+"""The whole product on real pieces: server process, 2 worker processes, Keras training."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from hyperopt.base import JOB_STATE_DONE
+
+from helpers import db_of, log_text, mongotune, run_cli, stop, wait_for
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
+
+
+def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
+    max_evals = 5
+    coord = mongotune("launch", "baseline", "--study", "e2e", "--dataset", "digits", "--max-evals", max_evals,
+                      "--workers", 2, "--epochs", 2, "--patience", 1, "--algo", "rand", "--mongo", mongo_url, "-q",
+                      log=tmp_path / "launch.log")
+    db = db_of(mongo_url)
+    try:
+        wait_for(lambda: db.jobs.count_documents({"study": "e2e", "state": JOB_STATE_DONE}) >= 2, 600, 0.2,
+                 what="two finished trials")
+        coord.send_signal(signal.SIGKILL)  # the coordinator dies; its two workers stay in the pool
+        coord.wait()
+        r = run_cli("resume", "e2e", "--mongo", mongo_url, "-q", timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr + log_text(tmp_path / "launch.log")
+        assert f"{max_evals}/{max_evals} trials finished" in r.stdout
+        assert "best validation accuracy" in r.stdout
+    finally:
+        for w in db.workers.find({"status": {"$ne": "stopped"}}):
+            try:
+                os.kill(w["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    docs = list(db.jobs.find({"study": "e2e"}))
+    assert len(docs) == max_evals
+    assert len({d["tid"] for d in docs}) == max_evals
+    assert all(d["state"] == JOB_STATE_DONE for d in docs)
+    # every trial ran once: one reservation each, never requeued, never expired
+    assert all(not d.get("requeues") and not d.get("lease_expiries") and d["attempts"] == 0 for d in docs)
+    assert len({d["worker"]["pid"] for d in docs}) == 2
+    ok = [d for d in docs if d["result"]["status"] == "ok"]
+    assert ok, [d["result"] for d in docs]
+    for d in ok:
+        res = d["result"]
+        assert res["loss"] == pytest.approx(-res["val_accuracy"])
+        assert 0.0 <= res["val_accuracy"] <= 1.0
+        assert 1 <= res["epochs"] <= 2 and len(res["history"]["val_accuracy"]) == res["epochs"]
+        assert set(res["per_class"]) == {str(i) for i in range(10)}
+        assert res["params_count"] > 0
+        assert os.path.exists(os.path.join(res["artifacts"], "model.keras"))
+    assert max(d["result"]["val_accuracy"] for d in ok) > 0.5  # real learning, not chance (0.1)
+    st = db.studies.find_one({"_id": "e2e"})
+    assert st["status"] == "done" and st["best"]["loss"] == min(d["result"]["loss"] for d in ok)
+    board = run_cli("leaderboard", "e2e", "--mongo", mongo_url)
+    assert board.returncode == 0 and str(st["best"]["tid"]) in board.stdout
