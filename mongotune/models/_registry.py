@@ -8,6 +8,7 @@ that space into an *uncompiled* ``keras.Model`` taking raw ``uint8`` images.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from mongotune.errors import ConfigError
@@ -60,8 +61,42 @@ class ModelDef:
         coarse = None
         if num_coarse_classes is not None:
             coarse = check_num_classes(self.name, num_coarse_classes, "num_coarse_classes")
-        return self._build(Params(self.name, params), shape, n, num_coarse_classes=coarse,
-                           weights=weights)
+        model = self._build(Params(self.name, params), shape, n, num_coarse_classes=coarse,
+                            weights=weights)
+        self._remember_heads(params, list(model.output_names))
+        return model
+
+    # -- which heads did a params dict get? --------------------------------------
+    # A two-headed model's outputs depend on ``num_coarse_classes`` at build
+    # time, which ``output_names(params)`` cannot see.  The last few builds are
+    # remembered by their params so that a caller that builds and then asks
+    # without repeating ``num_coarse_classes`` still gets the right answer.
+
+    _HEADS_MEMORY = 64
+
+    @staticmethod
+    def _params_key(params) -> str | None:
+        try:
+            return repr(sorted(params.items()))
+        except Exception:  # unorderable or odd params: no memory
+            return None
+
+    def _remember_heads(self, params, names: list[str]) -> None:
+        key = self._params_key(params)
+        if key is None:
+            return
+        memory = self.__dict__.setdefault("_heads", OrderedDict())
+        memory[key] = names
+        memory.move_to_end(key)
+        while len(memory) > self._HEADS_MEMORY:
+            memory.popitem(last=False)
+
+    def _recalled_heads(self, params) -> list[str] | None:
+        key = self._params_key(params)
+        memory = self.__dict__.get("_heads")
+        if key is None or not memory:
+            return None
+        return memory.get(key)
 
     # -- to implement --------------------------------------------------------
 
@@ -93,6 +128,24 @@ class ModelDef:
                 f"got {params['learning_rate']!r}"
             ) from None
         return lr
+
+    def compile_kwargs(self, params: dict, *, num_coarse_classes: Any = _UNSET) -> dict:
+        """``loss``, ``metrics`` and ``loss_weights`` for ``model.compile``.
+
+        Sparse categorical cross-entropy and accuracy on every output; for
+        several outputs they come as dicts keyed by output name, which Keras
+        requires once ``loss_weights`` is a dict.
+        """
+        names = self.output_names(params, num_coarse_classes=num_coarse_classes)
+        weights = self.loss_weights(params, num_coarse_classes=num_coarse_classes)
+        if len(names) == 1:
+            return {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"],
+                    "loss_weights": weights}
+        return {
+            "loss": {n: "sparse_categorical_crossentropy" for n in names},
+            "metrics": {n: ["accuracy"] for n in names},
+            "loss_weights": weights,
+        }
 
     def corners(self, input_shape: tuple[int, int, int]) -> list[dict]:
         """Concrete params at the extremes of :meth:`space` (every branch of

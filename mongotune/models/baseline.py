@@ -1,0 +1,60 @@
+"""``baseline``: a plain fully connected network.
+
+The pixels are flattened and fed through ``num_layers`` dense layers of
+``layer_size`` units, each followed by dropout.  It is the yardstick the
+convolutional models have to beat and the fastest way to exercise the whole
+pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from hyperopt import hp
+from hyperopt.pyll import scope
+
+from mongotune.models._common import dense_head, image_stem, softmax_output
+from mongotune.models._registry import ModelDef, register
+
+BATCH_SIZES = [16, 32, 64, 128]
+LAYER_SIZES = [512, 768, 1024, 1536]
+ACTIVATIONS = ["relu", "selu", "tanh"]
+OPTIMIZERS = ["adam", "adamax", "nadam", "rmsprop"]
+MAX_LAYERS = 16
+
+
+class Baseline(ModelDef):
+    name = "baseline"
+    description = "fully connected network (MLP) on the flattened pixels"
+    min_input_size = 1
+
+    def _space(self, input_shape):
+        return {
+            "batch_size": hp.choice("batch_size", BATCH_SIZES),
+            "learning_rate": hp.loguniform("learning_rate", math.log(1e-4), math.log(1.0)),
+            "dropout_rate": hp.quniform("dropout_rate", 0.05, 0.5, 0.05),
+            "activation": hp.choice("activation", ACTIVATIONS),
+            # quantised in steps of two: 0 (a linear softmax model), 2, ..., 16
+            "num_layers": scope.int(hp.quniform("num_layers", 1, MAX_LAYERS, 2)),
+            "layer_size": hp.choice("layer_size", LAYER_SIZES),
+            "optimizer": hp.choice("optimizer", OPTIMIZERS),
+        }
+
+    def _build(self, p, input_shape, num_classes, *, num_coarse_classes, weights):
+        activation = p.activation()
+        num_layers = p.int("num_layers", 0, 64)
+        units = p.int("layer_size", 1)
+        dropout = p.float("dropout_rate", 0.0, 1.0, high_open=True)
+        p.optimizer()  # validated here so a bad name fails before training
+
+        inputs, x = image_stem(input_shape, p.params)
+        x = dense_head(x, num_layers=num_layers, units=units, dropout=dropout,
+                       activation=activation, prefix="dense")
+        if num_layers == 0 and len(x.shape) > 2:
+            x = keras.layers.Flatten(name="flatten")(x)
+        outputs = softmax_output(x, num_classes)
+        return keras.Model(inputs, outputs, name=self.name)
+
+
+register(Baseline())
