@@ -317,6 +317,27 @@ def requeue(name: str = typer.Argument(..., help="Study name."),
     out.print(f"requeued {len(tids)} trial(s): {tids}" if tids else "nothing to requeue")
 
 
+@app.command()
+def final(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
+          trial: Optional[int] = typer.Option(None, help="Trial id (default: the best)."),
+          out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
+                                                 "(default $MONGOTUNE_HOME/artifacts/NAME/final).")):
+    """Retrain the best configuration on train+val, test once, write reports and the model."""
+    _setup_logging()
+    from ._quiet import import_keras_quietly
+
+    import_keras_quietly()
+    from .report.final import run_final
+
+    with _user_errors(), _mongo(mongo) as url:
+        summary = run_final(url, name, trial, out_dir, progress=lambda m: err.print(f"[dim]{m}[/]"))
+    out.print(summary["report_text"], highlight=False)
+    out.print(f"test accuracy [bold]{summary['test_accuracy']:.4f}[/] (trial {summary['tid']}, "
+              f"{summary['epochs']} epochs on {summary['train_images']} images)")
+    for key in ("model_path", "report_path", "confusion_matrix_path"):
+        out.print(f"{key.replace('_path', '').replace('_', ' ')}: {summary[key]}", highlight=False)
+
+
 # ---------------------------------------------------------------- workers
 @app.command()
 def worker(mongo: Optional[str] = MongoOpt,

@@ -56,3 +56,30 @@ def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
     assert st["status"] == "done" and st["best"]["loss"] == min(d["result"]["loss"] for d in ok)
     board = run_cli("leaderboard", "e2e", "--mongo", mongo_url)
     assert board.returncode == 0 and str(st["best"]["tid"]) in board.stdout
+
+    # final: retrain the best on train+val, test once, export a model that takes raw uint8 images
+    out = tmp_path / "final"
+    r = run_cli("final", "e2e", "--mongo", mongo_url, "--out", out, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "test accuracy" in r.stdout and "macro avg" in r.stdout
+    for name in ("classification_report.txt", "classification_report.json", "confusion_matrix.png", "model.keras"):
+        assert (out / name).stat().st_size > 0, name
+    st = db.studies.find_one({"_id": "e2e"})
+    assert st["final"]["tid"] == st["best"]["tid"] and 0.0 <= st["final"]["test_accuracy"] <= 1.0
+
+    import json
+
+    import keras
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    import mongotune.models  # noqa: F401 - registers the custom layers the file may use
+
+    report = json.loads((out / "classification_report.json").read_text())
+    assert report["accuracy"] == pytest.approx(st["final"]["test_accuracy"])
+    model = keras.saving.load_model(out / "model.keras")
+    digits = load_digits()
+    raw = np.clip(np.rint(digits.images[:64] * (255 / 16)), 0, 255).astype("uint8")[..., None]  # as the cache
+    probs = model.predict(raw, verbose=0)
+    assert probs.shape == (64, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    assert float(np.mean(probs.argmax(1) == digits.target[:64])) > 0.5
