@@ -73,7 +73,7 @@ def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
     import numpy as np
     from sklearn.datasets import load_digits
 
-    import mongotune.models  # noqa: F401 - registers the custom layers the file may use
+    from mongotune import models as _models  # noqa: F401 - registers the custom layers
 
     report = json.loads((out / "classification_report.json").read_text())
     assert report["accuracy"] == pytest.approx(st["final"]["test_accuracy"])
