@@ -30,8 +30,29 @@ def has_gpu() -> bool:
     return gpu_memory_bytes() is not None
 
 
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
+          "kb": 10**3, "mb": 10**6, "gb": 10**9}
+
+
+def parse_bytes(text: str) -> int:
+    """``"8GiB"``, ``"512MiB"``, ``"1e9"`` -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read {text!r} as a size (e.g. 8GiB, 512MiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
 def device_memory_bytes() -> int:
-    """The memory a trial may fill: the GPU's, else the host's available RAM."""
+    """The memory a trial may fill: the GPU's, else the host's available RAM.
+
+    ``MONGOTUNE_MEMORY_LIMIT`` (e.g. ``12GiB``) caps it, for workers that share
+    a device with other work.
+    """
+    limit = os.environ.get("MONGOTUNE_MEMORY_LIMIT")
+    if limit:
+        return parse_bytes(limit)
     gpu = gpu_memory_bytes()
     if gpu:
         return gpu

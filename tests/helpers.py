@@ -24,11 +24,12 @@ def env(**extra) -> dict:
     return e
 
 
-def mongotune(*args, log: Path | None = None, **popen) -> subprocess.Popen:
+def mongotune(*args, log: Path | None = None, extra_env: dict | None = None, **popen) -> subprocess.Popen:
     """Start ``python -m mongotune ARGS`` as a real process."""
     out = open(log, "ab") if log else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", "mongotune", *map(str, args)], stdout=out,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env(), **popen)
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env(**(extra_env or {})),
+                            **popen)
 
 
 def run_cli(*args, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
