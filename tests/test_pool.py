@@ -200,3 +200,60 @@ def test_server_killed_and_restarted_mid_study(tmp_path):
         stop(w)
         stop(coord, signal.SIGKILL)
         server.stop()
+
+
+def test_late_result_from_a_frozen_worker_is_dropped(mongo_url, tmp_path):
+    """A worker frozen (SIGSTOP) past its lease loses the trial; when it wakes, its result is discarded."""
+    rec = tmp_path / "runs"
+    coord = Coordinator(mongo_url)
+    coord.create(_study("s7", 1, sleep_s=4.0, lease_s=3.0, record_dir=str(rec), algo="rand"))
+    t = threading.Thread(target=coord.run, args=("s7",))
+    t.start()
+    db = db_of(mongo_url)
+    frozen = mongotune("worker", "--mongo", mongo_url, "--study", "s7", log=tmp_path / "frozen.log")
+    survivor = None
+    try:
+        first = wait_for(lambda: db.jobs.find_one({"study": "s7", "state": JOB_STATE_RUNNING}), 60, what="running")
+        frozen.send_signal(signal.SIGSTOP)
+        survivor = mongotune("worker", "--mongo", mongo_url, "--study", "s7", log=tmp_path / "survivor.log")
+        t.join(120)
+        assert not t.is_alive()
+        frozen.send_signal(signal.SIGCONT)  # wakes with a stale lease and a trial it no longer owns
+        wait_for(lambda: "taken over" in log_text(tmp_path / "frozen.log") or "lease lost" in
+                 log_text(tmp_path / "frozen.log"), 30, what="the frozen worker noticing")
+        time.sleep(1.0)
+        doc = db.jobs.find_one({"study": "s7"})
+        assert doc["state"] == JOB_STATE_DONE and doc["result"]["status"] == "ok"
+        assert doc["worker"]["pid"] == survivor.pid and doc["attempts"] == 1
+        assert doc["lease_token"] is None and doc["lease_expiries"][0]["owner"] == first["owner"]
+        assert _runs_per_tid(rec) == {"tid0": 1}  # the frozen run never completed a second evaluation
+        assert frozen.poll() is None  # and the frozen worker stays in the pool
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+        assert stop(frozen) == 0
+        if survivor:
+            assert stop(survivor) == 0
+
+
+def test_operator_requeue(mongo_url, tmp_path):
+    coord = Coordinator(mongo_url)
+    coord.create(_study("s8", 1, sleep_s=30.0, algo="rand"))
+    ev = threading.Event()
+    t = threading.Thread(target=coord.run, args=("s8",), kwargs={"stop": ev})
+    t.start()
+    db = db_of(mongo_url)
+    w = mongotune("worker", "--mongo", mongo_url, "--study", "s8", log=tmp_path / "w.log")
+    try:
+        doc = wait_for(lambda: db.jobs.find_one({"study": "s8", "state": JOB_STATE_RUNNING}), 60, what="running")
+        w.send_signal(signal.SIGSTOP)
+        r = run_cli("requeue", "s8", "--tid", doc["tid"], "--mongo", mongo_url)
+        assert r.returncode == 0 and f"[{doc['tid']}]" in r.stdout, r.stdout + r.stderr
+        after = db.jobs.find_one({"_id": doc["_id"]})
+        assert after["state"] == JOB_STATE_NEW and after["requeues"][-1]["reason"] == "operator"
+        bad = run_cli("requeue", "s8", "--tid", 999, "--mongo", mongo_url)
+        assert bad.returncode == 2 and "no running or errored trial 999" in bad.stderr
+    finally:
+        ev.set()
+        w.send_signal(signal.SIGCONT)
+        stop(w, signal.SIGKILL)
+        t.join(30)
