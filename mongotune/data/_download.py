@@ -56,6 +56,7 @@ def check_digests(
     dataset: str,
     hint: str = "delete it or pass --source",
     digests: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> dict[str, str]:
     """Compare ``path`` with every known digest in ``expected``; raise on mismatch.
 
@@ -69,7 +70,7 @@ def check_digests(
     for algo, value in sorted(wanted.items()):
         if got[algo] != value:
             raise DataError(
-                f"{dataset}: checksum mismatch for {Path(path).name} "
+                f"{dataset}: checksum mismatch for {name or Path(path).name} "
                 f"(expected {algo} {value}, got {got[algo]}); {hint}"
             )
     return {"md5": got["md5"], "sha256": got["sha256"]}
@@ -183,7 +184,7 @@ def download(
             digests = file_digests(part, progress=progress, stage=f"verify {dest.name}")
             try:
                 result = check_digests(
-                    part, expected or {}, dataset=dataset, digests=digests,
+                    part, expected or {}, dataset=dataset, digests=digests, name=dest.name,
                     hint=f"the download from {url} was removed; try again or pass --source",
                 )
             except DataError:
