@@ -169,8 +169,19 @@ class MongoWorker:
         self.mj.update(job, {"state": JOB_STATE_DONE})
 
 
+def _jobs_url(mongo: str) -> str:
+    """``options.mongo`` naming a database, with hyperopt's ``/jobs`` added.
+
+    The collection goes on the path, before any ``?options``.
+    """
+    url, q, query = as_mongo_str(mongo).partition("?")
+    if url.count("/") < 4:
+        url = url.rstrip("/") + "/jobs"
+    return url + q + query
+
+
 def number_of_jobs_in_db(options):
-    mj = MongoJobs.new_from_connection_str(as_mongo_str(options.mongo) + "/jobs")
+    mj = MongoJobs.new_from_connection_str(_jobs_url(options.mongo))
     return mj.jobs.count_documents({})
 
 
@@ -188,9 +199,7 @@ def main_worker_helper(options, args):
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGTERM, shutdown)
 
-    url = as_mongo_str(options.mongo)
-    if url.count("/") < 4:
-        url += "/jobs"
+    url = _jobs_url(options.mongo)
 
     def run_one():
         mj = MongoJobs.new_from_connection_str(url)

@@ -27,7 +27,7 @@ class MongoURL:
     ``client_uri`` is what pymongo is given; ``redacted`` is safe to log.
     """
 
-    client_uri: str
+    client_uri: str = field(repr=False)  # holds the password: never in repr
     database: str
     collection: str = DEFAULT_JOBS
     username: str | None = None
@@ -43,7 +43,9 @@ def redact(uri: str) -> str:
     """Replace the password of a URI (if any) with ``***``."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
-        return uri
+        # not a URL: whatever precedes an '@' may be credentials
+        _, at, tail = uri.rpartition("@")
+        return f"***@{tail}" if at else uri
     netloc, slash, tail = rest.partition("/")
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
@@ -78,7 +80,8 @@ def parse_mongo_url(url: str, pwfile: str | None = None) -> MongoURL:
     """Parse either URL form; raise ``ConnectionFailure`` with one clear line."""
     if not isinstance(url, str) or "://" not in url:
         raise ConnectionFailure(
-            f"bad MongoDB URL {url!r}: expected mongodb://host:port/db or mongo://host:port/db/jobs"
+            f"bad MongoDB URL {redact(url) if isinstance(url, str) else url!r}: "
+            "expected mongodb://host:port/db or mongo://host:port/db/jobs"
         )
     scheme = url.split("://", 1)[0].lower()
     if scheme not in ("mongo", "mongodb", "mongodb+srv"):
