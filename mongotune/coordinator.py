@@ -177,6 +177,13 @@ class _ElasticFMinIter(FMinIter):
     def max_queue_len(self, value):  # FMinIter.__init__ assigns it; the policy wins
         pass
 
+    def block_until_done(self):
+        """hyperopt's wait for unfinished trials, but one that a stop request ends."""
+        unfinished = [JOB_STATE_NEW, JOB_STATE_RUNNING]
+        while not self.is_cancelled and self.trials.count_by_state_unsynced(unfinished) > 0:
+            time.sleep(self.poll_interval_secs)
+        self.trials.refresh()
+
 
 class Coordinator:
     """Create, run, resume and inspect studies in one MongoDB database."""

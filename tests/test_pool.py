@@ -116,6 +116,7 @@ def test_sigterm_hands_trial_back_at_once(mongo_url, tmp_path):
         stop_ev.set()
         stop(w, signal.SIGKILL)
         t.join(30)
+    assert not t.is_alive(), "a stop request must end the coordinator even with trials still queued"
 
 
 def test_idle_worker_stays_and_late_worker_joins(mongo_url, tmp_path):
@@ -260,3 +261,5 @@ def test_operator_requeue(mongo_url, tmp_path):
         w.send_signal(signal.SIGCONT)
         stop(w, signal.SIGKILL)
         t.join(30)
+    assert not t.is_alive(), "a stop request must end the coordinator even with trials still queued"
+    assert coord.studies.get("s8").status == "interrupted"
