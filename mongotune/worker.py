@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 
 import pymongo
-from hyperopt.base import JOB_STATE_RUNNING
+from hyperopt.base import JOB_STATE_NEW, JOB_STATE_RUNNING
 
 from . import leases
 from .errors import TrialFailure
@@ -192,6 +192,16 @@ class Worker:
     # ------------------------------------------------------------ loop
     def _reserve(self) -> dict | None:
         cond = {"study": self.config.study} if self.config.study else {"study": {"$exists": True}}
+        # Look before taking.  An idle worker asks every poll_min_s..poll_max_s; a plain find of
+        # one queued trial is cheap on every server, while the reservation (a find_one_and_update
+        # sorted by tid) makes the embedded server scan and decode the whole jobs collection,
+        # so empty polls would cost O(trials) each and slow the whole pool as a study grows.
+        queued = self.retry.call(
+            lambda: self.jobs.find_one({**cond, "state": JOB_STATE_NEW, "owner": None}, projection=["_id"]),
+            "look for a trial",
+        )
+        if queued is None:
+            return None
         token = leases.new_token()
         info = {"id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu}
         job = self.retry.call(

@@ -65,6 +65,12 @@ def build_fcl(p, x, activation):
                       activation=activation, prefix="fcl")
 
 
+def fcl_classifier(p, inputs, x, activation, num_classes: int, name: str):
+    """The fully connected head (which flattens) and the softmax on top of a trunk."""
+    x = build_fcl(p, x, activation)
+    return keras.Model(inputs, softmax_output(x, num_classes), name=name)
+
+
 class ConvStrix(ModelDef):
     name = "convstrix"
     description = "VGG-style convolutional blocks trained from scratch + dense head"
@@ -108,11 +114,7 @@ class ConvStrix(ModelDef):
             if i < num_blocks - 1:
                 x = keras.layers.BatchNormalization(name=f"block{i + 1}_bn")(x)
                 x = keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
-        x = build_fcl(p, x, activation)
-        if len(x.shape) > 2:
-            x = keras.layers.Flatten(name="flatten")(x)
-        outputs = softmax_output(x, num_classes)
-        return keras.Model(inputs, outputs, name=self.name)
+        return fcl_classifier(p, inputs, x, activation, num_classes, self.name)
 
 
 register(ConvStrix())

@@ -32,9 +32,9 @@ import numpy as np
 from hyperopt import hp
 
 from mongotune.errors import ConfigError
-from mongotune.models._common import image_stem, kernel_initializer, softmax_output
+from mongotune.models._common import image_stem, kernel_initializer
 from mongotune.models._registry import ModelDef, register
-from mongotune.models.convstrix import build_fcl, fcl_space, int_range
+from mongotune.models.convstrix import fcl_classifier, fcl_space, int_range
 
 BATCH_SIZES = [16, 32, 64]
 ACTIVATIONS = ["relu", "selu", "tanh"]
@@ -205,11 +205,7 @@ class VGGStrix(ModelDef):
                                         name=f"extra{i + 1}_conv{j + 1}")(x)
             if i < num_blocks - 1:
                 x = keras.layers.BatchNormalization(name=f"extra{i + 1}_bn")(x)
-        x = build_fcl(p, x, activation)
-        if len(x.shape) > 2:
-            x = keras.layers.Flatten(name="flatten")(x)
-        outputs = softmax_output(x, num_classes)
-        return keras.Model(inputs, outputs, name=self.name)
+        return fcl_classifier(p, inputs, x, activation, num_classes, self.name)
 
 
 register(VGGStrix())
