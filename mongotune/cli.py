@@ -23,7 +23,7 @@ from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distributed hyper-parameter tuning of Keras image classifiers on MongoDB workers.")
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 MONGO_HELP = ("MongoDB URL (mongodb://user:pw@host:port/db or hyperopt's mongo://host:port/db/jobs). "
@@ -154,6 +154,8 @@ def launch(
     mongo: Optional[str] = MongoOpt,
     workers: int = typer.Option(0, help="Start this many local worker processes for the study."),
     space: Optional[Path] = typer.Option(None, help="JSON search-space file (default: the model's own)."),
+    augment: bool = typer.Option(False, "--augment", help="Also search online augmentation (flip, crop, "
+                                 "rotation, translation, probability)."),
     size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: native)."),
     channels: Optional[int] = typer.Option(None, help="1 or 3 channels (default: native)."),
     source: Optional[str] = typer.Option(None, help="Offline dataset path (directory or file)."),
@@ -193,7 +195,7 @@ def launch(
         training = Training(epochs=epochs, patience=patience, loss=loss, max_train_samples=max_train_samples,
                             weights=weights, artifacts=artifacts or str(paths.artifacts_dir()), seed=seed)
         st = Study(name=study or f"{model}-{dataset}", model=model, dataset=ds.to_dict(), max_evals=max_evals,
-                   algo=algo, space=load_space_file(space) if space else None, objective=objective,
+                   algo=algo, space=load_space_file(space) if space else None, objective=objective, augment=augment,
                    training=training, lease_s=lease, max_attempts=max_attempts, seed=seed,
                    options=json.loads(options) if options else {})
         st.validate()

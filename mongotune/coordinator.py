@@ -73,7 +73,7 @@ def resolve_space(study: Study):
         return spaces.build(DEFAULT_SYNTHETIC_SPACE)
     from .models import get_model
 
-    return get_model(study.model).space(input_shape_of(study.dataset))
+    return get_model(study.model).space(input_shape_of(study.dataset), augment=study.augment)
 
 
 def _never_called(params):  # the workers evaluate trials, not the coordinator

@@ -54,6 +54,7 @@ class Study:
     algo: str = "tpe"
     space: dict | None = None  # JSON space; None = the model's built-in space
     objective: str = "keras"
+    augment: bool = False  # merge the augmentation sub-space into the model's own space
     training: Training = field(default_factory=Training)
     lease_s: float = DEFAULT_LEASE_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
