@@ -69,6 +69,22 @@ def test_two_workers_run_every_trial_once_and_record_failures(mongo_url, tmp_pat
     assert study.status == "done" and study.best["loss"] == snap.best_loss
 
 
+@pytest.mark.parametrize("algo", ["tpe", "rand", "anneal"])
+def test_each_algorithm_with_a_queue_of_several(mongo_url, tmp_path, algo):
+    coord = Coordinator(mongo_url)
+    coord.create(_study(f"alg-{algo}", 8, sleep_s=0.05, algo=algo))
+    workers = [mongotune("worker", "--mongo", mongo_url, "--study", f"alg-{algo}", log=tmp_path / f"w{i}.log")
+               for i in range(2)]
+    try:
+        wait_for(lambda: len(coord.db.workers.distinct("pid", {"status": {"$ne": "stopped"}})) >= 2, 60,
+                 what="two workers")  # so that the queue holds several trials at once
+        snap = coord.run(f"alg-{algo}")
+    finally:
+        assert [stop(w) for w in workers] == [0, 0]
+    assert snap.counts["ok"] == 8 and snap.best_loss is not None
+    assert len({d["params"]["x"] for d in _docs(db_of(mongo_url), f"alg-{algo}")}) == 8
+
+
 def test_killed_worker_trial_is_requeued_after_lease(mongo_url, tmp_path):
     rec = tmp_path / "runs"
     coord = Coordinator(mongo_url)

@@ -1,0 +1,54 @@
+"""Stock hyperopt.fmin with each algorithm drives mongotune's store unchanged."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+from hyperopt import anneal, fmin, hp, rand, tpe
+
+from mongotune.store import MongoJobs, MongoTrials, MongoWorker, ReserveTimeout
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def objective(x):
+    # NaN on part of the space: the loss must survive the embedded server as NaN
+    return {"status": "ok", "loss": math.nan if x > 0.8 else (x - 0.25) ** 2}
+
+
+# hyperopt's anneal.suggest takes one new trial id at a time, so it runs with
+# fmin's default queue length of 1 (mongotune's coordinator uses suggest_batch)
+@pytest.mark.parametrize("algo,queue", [(tpe.suggest, 2), (rand.suggest, 2), (anneal.suggest, 1)],
+                         ids=["tpe", "rand", "anneal"])
+def test_fmin_with_each_algorithm(mongo_url, algo, queue, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = mongo_url.split("?")[0] + "/jobs"
+    done = []
+
+    def work():
+        w = MongoWorker(MongoJobs.new_from_connection_str(url), poll_interval=0.2, exp_key="e",
+                        logfilename=None, allow_pickle=True, workdir=str(tmp_path / "wd"))
+        while True:
+            try:
+                w.run_one(reserve_timeout=4)
+            except ReserveTimeout:
+                return
+            done.append(1)
+
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    trials = MongoTrials(url, exp_key="e")
+    best = fmin(objective, hp.uniform("x", -1, 1), algo=algo, max_evals=8, trials=trials, max_queue_len=queue,
+                show_progressbar=False, rstate=np.random.default_rng(3))
+    th.join(60)
+    assert not th.is_alive() and len(done) == 8
+    assert len(trials) == 8 and len({t["tid"] for t in trials.trials}) == 8
+    losses = trials.losses()
+    finite = [l for l in losses if not math.isnan(l)]
+    assert finite and -1 <= best["x"] <= 0.8
+    assert min(finite) == pytest.approx((best["x"] - 0.25) ** 2)
+    xs = [t["misc"]["vals"]["x"][0] for t in trials.trials]
+    assert all(math.isnan(l) for x, l in zip(xs, losses) if x > 0.8)
