@@ -160,21 +160,25 @@ class _StudyTrials(MongoTrials):
     """
 
     full_refresh_s = 30.0
+    fresh_s = 0.05  # counts within this long of a refresh are read from it (fmin counts 3 times per poll)
     _FETCH_CHUNK = 200  # ids per $in (the embedded server rejects ~500 and more)
+    _LOCAL_STATES = (JOB_STATE_NEW, JOB_STATE_RUNNING, JOB_STATE_DONE)
 
     def __init__(self, *args, study: Study, space, **kwargs):
         self._study = study
         self._space = space
         self._full_at = 0.0
+        self._synced_at = 0.0
         super().__init__(*args, **kwargs)
 
     def refresh_tids(self, tids):
         if tids is not None or not self._by_id or time.monotonic() - self._full_at >= self.full_refresh_s:
             super().refresh_tids(tids)
             if tids is None:
-                self._full_at = time.monotonic()
+                self._full_at = self._synced_at = time.monotonic()
             return
         self.retry.call(self._refresh_active, "refresh trials")
+        self._synced_at = time.monotonic()
 
     def _refresh_active(self):
         jobs = self.handle.jobs
@@ -200,11 +204,18 @@ class _StudyTrials(MongoTrials):
         self._miscs = [d["misc"] for d in docs]
 
     def count_by_state_unsynced(self, arg):
-        if arg == JOB_STATE_DONE:  # fmin counts finished trials every poll: read them from the fresh view
-            self._maybe_poll()
+        """Counts from the view (refreshed first unless it just was): one query per poll, not four."""
+        states = {arg} if isinstance(arg, int) else set(arg)
+        if not states or not states <= set(self._LOCAL_STATES):  # error trials are not in the view
+            return super().count_by_state_unsynced(arg)
+        self._maybe_poll()
+        if time.monotonic() - self._synced_at > self.fresh_s:
             self.refresh()
-            return sum(1 for d in self._trials if d.get("state") == JOB_STATE_DONE)
-        return super().count_by_state_unsynced(arg)
+        return sum(1 for d in self._trials if d.get("state") in states)
+
+    def running_workers(self) -> set:
+        """Worker ids of this study's running trials, as of the last refresh."""
+        return {(d.get("worker") or {}).get("id") for d in self._trials if d.get("state") == JOB_STATE_RUNNING}
 
     def _insert_trial_docs(self, docs):
         for doc in docs:
@@ -330,23 +341,32 @@ class Coordinator:
         return tids
 
     # ------------------------------------------------------------ running
-    def _queue_target(self, study: Study, cache: dict) -> int:
+    def _queue_target(self, study: Study, cache: dict, trials: _StudyTrials | None = None) -> int:
+        """Idle workers + ``queue_spare``.
+
+        The live workers, and the workers busy with other studies, are re-read
+        every 0.5 s; this study's busy workers come from fmin's own view of the
+        trials, which it refreshes every poll, so that when several workers
+        finish at once the queue grows at the next poll, not up to 0.5 s later.
+        """
         now = time.monotonic()
-        # no staler than one poll: when several workers finish at once, a stale answer
-        # (computed while they were all busy) held the queue at one trial for up to 0.5 s
-        if now - cache.get("t", 0.0) >= self.poll_s:
+        if now - cache.get("t", 0.0) > 0.5:
             try:
                 live = live_workers(self.db, study.name)
                 # a worker's own document lags its reservation by up to one
                 # heartbeat, so busy workers are read from the running trials
-                busy = {d.get("worker", {}).get("id") for d in self.jobs.find(
-                    {"state": JOB_STATE_RUNNING}, projection=["worker.id"])}
-                idle = sum(1 for w in live if w["_id"] not in busy)
-                cache["v"] = max(1, idle + study.queue_spare)
+                q = {"state": JOB_STATE_RUNNING}
+                if trials is not None:
+                    q["exp_key"] = {"$ne": study.exp_key}
+                cache["live"] = [w["_id"] for w in live]
+                cache["busy"] = {(d.get("worker") or {}).get("id") for d in self.jobs.find(q, projection=["worker.id"])}
             except Exception:  # noqa: BLE001 - keep the last answer while the server is away
-                cache.setdefault("v", 1)
+                cache.setdefault("live", [])
+                cache.setdefault("busy", set())
             cache["t"] = now
-        return cache["v"]
+        busy = cache["busy"] | trials.running_workers() if trials is not None else cache["busy"]
+        idle = sum(1 for w in cache["live"] if w not in busy)
+        return max(1, idle + study.queue_spare)
 
     def run(self, name: str, *, progress: Callable[[Snapshot], None] | None = None,
             stop: threading.Event | None = None, progress_every_s: float = 0.5) -> Snapshot:
@@ -382,7 +402,7 @@ class Coordinator:
         it = _ElasticFMinIter(
             _fill_batch(ALGORITHMS[study.algo]), domain, trials, rstate=np.random.default_rng(study.seed + n_existing),
             max_evals=study.max_evals, poll_interval_secs=self.poll_s, verbose=False, show_progressbar=False,
-            queue_policy=lambda: self._queue_target(study, queue_cache),
+            queue_policy=lambda: self._queue_target(study, queue_cache, trials),
         )
         log.info("study %s: %d trials exist, queuing %d more (%s)", name, n_existing, remaining, study.algo)
         try:

@@ -190,18 +190,19 @@ class Worker:
         leases.requeue_expired(self.db, self.jobs, settings)
 
     # ------------------------------------------------------------ loop
-    def _reserve(self) -> dict | None:
+    def _reserve(self, look_first: bool = False) -> dict | None:
         cond = {"study": self.config.study} if self.config.study else {"study": {"$exists": True}}
-        # Look before taking.  An idle worker asks every poll_min_s..poll_max_s; a plain find of
-        # one queued trial is cheap on every server, while the reservation (a find_one_and_update
-        # sorted by tid) makes the embedded server scan and decode the whole jobs collection,
-        # so empty polls would cost O(trials) each and slow the whole pool as a study grows.
-        queued = self.retry.call(
-            lambda: self.jobs.find_one({**cond, "state": JOB_STATE_NEW, "owner": None}, projection=["_id"]),
-            "look for a trial",
-        )
-        if queued is None:
-            return None
+        if look_first:
+            # An idle worker asks every poll_min_s..poll_max_s.  A plain find of one queued trial
+            # is cheap on every server, while the reservation (a find_one_and_update sorted by
+            # tid) makes the embedded server scan and decode the whole jobs collection: empty
+            # polls cost O(trials) of server time each and slowed the whole pool as a study grew.
+            queued = self.retry.call(
+                lambda: self.jobs.find_one({**cond, "state": JOB_STATE_NEW, "owner": None}, projection=["_id"]),
+                "look for a trial",
+            )
+            if queued is None:
+                return None
         token = leases.new_token()
         info = {"id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu}
         job = self.retry.call(
@@ -220,6 +221,7 @@ class Worker:
         self._hb_thread.start()
         idle_since = time.monotonic()
         poll = self.config.poll_min_s
+        idle = False  # after a trial (and at start) reserve at once; while idle, look before reserving
         reason = "stopped"
         log.info("worker %s joined (study: %s, gpu: %s)", self.id, self.config.study or "any", self.config.gpu)
         try:
@@ -228,7 +230,8 @@ class Worker:
                     reason = "max-trials"
                     break
                 self.retry.call(self._maybe_reap, "requeue expired trials")
-                job = self._reserve()
+                job = self._reserve(look_first=idle)
+                idle = job is None
                 if job is None:
                     if self.config.idle_timeout is not None and time.monotonic() - idle_since > self.config.idle_timeout:
                         reason = "idle-timeout"
