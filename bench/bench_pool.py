@@ -251,11 +251,17 @@ def run_coordinator(coord, name: str, pool, timeout: float, before=None) -> tupl
 
 
 # ====================================================================== mongotune side
+QUEUE_SPARE: int | None = None  # --queue-spare: override the study default
+
+
 def make_study(name, n, objective, sleep_s, algo="tpe"):
     from mongotune.studies import Study
 
-    return Study(name=name, model=objective, dataset={"name": "digits"}, max_evals=n, objective=objective,
-                 options={"sleep_s": sleep_s}, algo=algo)
+    study = Study(name=name, model=objective, dataset={"name": "digits"}, max_evals=n, objective=objective,
+                  options={"sleep_s": sleep_s}, algo=algo)
+    if QUEUE_SPARE is not None:
+        study.queue_spare = QUEUE_SPARE
+    return study
 
 
 def trial_docs(db, name) -> list[dict]:
@@ -343,6 +349,17 @@ def throughput(starts, ends, n, k, sleep_s) -> dict:
     span = (max(ends) - min(starts)).total_seconds()
     tps = n / span
     return {"span_s": r4(span), "trials_per_s": r4(tps), "efficiency": r4(tps * sleep_s / k)}
+
+
+def skews(docs) -> dict:
+    """How far apart the workers' first starts and last ends are (seconds): the pool's ramp-up and ramp-down."""
+    by = collections.defaultdict(list)
+    for d in docs:
+        by[d["worker"]["id"]].append((d["book_time"], d["finished"]))
+    firsts = [min(b for b, _ in runs) for runs in by.values()]
+    lasts = [max(e for _, e in runs) for runs in by.values()]
+    return {"start_skew_s": r4((max(firsts) - min(firsts)).total_seconds()),
+            "end_skew_s": r4((max(lasts) - min(lasts)).total_seconds())}
 
 
 # ====================================================================== 1. idle gap
@@ -478,7 +495,7 @@ def bench_efficiency(res, base_url, out: Out, *, ks, per_worker, sleep_s, with_o
         m = {"k": k, "trials": n, "startup_s": r4(r["ready"] - r["spawn"]),
              "wall_incl_startup_s": r4(r["coord_end"] - r["spawn"]),
              **throughput([d["book_time"] for d in docs], [d["finished"] for d in docs], n, k, sleep_s),
-             "gap": dist(gaps), "cpu": r["cpu"],
+             **skews(docs), "gap": dist(gaps), "cpu": r["cpu"],
              "trials_per_worker": sorted(collections.Counter(d["worker"]["id"] for d in docs).values())}
         o = run_optuna(res, k, n, sleep_s, timeout) if with_optuna else None
         rows.append({"k": k, "mongotune": m, "optuna": o})
@@ -667,10 +684,14 @@ def main(argv=None) -> int:
     ap.add_argument("--idle-trials", type=int, default=None, help="idle gap: trials (default 30)")
     ap.add_argument("--trials", type=int, default=None, help="coordinator: trials (default 1000)")
     ap.add_argument("--coord-workers", type=int, default=4, help="coordinator: worker processes (default 4)")
+    ap.add_argument("--queue-spare", type=int, default=None, help="trials queued beyond idle workers "
+                                                                     "(default: the study default)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (server db, logs)")
     args = ap.parse_args(argv)
 
     q = args.quick
+    global QUEUE_SPARE
+    QUEUE_SPARE = args.queue_spare
     ks = [int(x) for x in args.ks.split(",")] if args.ks else ([1, 2, 4] if q else [1, 2, 4, 8])
     per_worker = args.per_worker or (3 if q else 6)
     sleep_s = args.sleep if args.sleep is not None else (0.5 if q else 1.0)

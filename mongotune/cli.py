@@ -166,8 +166,13 @@ def launch(
     max_train_samples: Optional[int] = typer.Option(None, help="Train on at most this many samples per trial."),
     weights: Optional[str] = typer.Option(None, help="vggstrix: 'imagenet' or a local .h5 path."),
     artifacts: Optional[str] = typer.Option(None, help="Artifact root (default $MONGOTUNE_HOME/artifacts)."),
+    mixed_precision: str = typer.Option("auto", "--mixed-precision",
+                                        help="auto (on with a GPU), on or off: mixed_float16 training."),
+    xla: str = typer.Option("auto", help="auto (on with a GPU), on or off: XLA-compiled training steps."),
     lease: float = typer.Option(60.0, help="Seconds without heartbeat before a trial is requeued."),
     max_attempts: int = typer.Option(3, help="Expired leases before a trial is failed."),
+    queue_spare: Optional[int] = typer.Option(None, "--queue-spare", help="Trials queued beyond the idle "
+                                              "workers (default: a third of the live workers, at least 1)."),
     seed: int = typer.Option(0, help="Seed of the search and of the data split."),
     objective: str = typer.Option("keras", hidden=True),
     options: Optional[str] = typer.Option(None, hidden=True, help="JSON options for the objective."),
@@ -193,10 +198,11 @@ def launch(
         ds = DataSpec.from_dict({"name": dataset, "size": size, "channels": channels, "source": source,
                                  "val_fraction": val_fraction, "seed": seed})
         training = Training(epochs=epochs, patience=patience, loss=loss, max_train_samples=max_train_samples,
-                            weights=weights, artifacts=artifacts or str(paths.artifacts_dir()), seed=seed)
+                            weights=weights, artifacts=artifacts or str(paths.artifacts_dir()), seed=seed,
+                            mixed_precision=mixed_precision, xla=xla)
         st = Study(name=study or f"{model}-{dataset}", model=model, dataset=ds.to_dict(), max_evals=max_evals,
                    algo=algo, space=load_space_file(space) if space else None, objective=objective, augment=augment,
-                   training=training, lease_s=lease, max_attempts=max_attempts, seed=seed,
+                   training=training, lease_s=lease, max_attempts=max_attempts, queue_spare=queue_spare, seed=seed,
                    options=json.loads(options) if options else {})
         st.validate()
         with _mongo(mongo) as url:

@@ -34,7 +34,7 @@ from hyperopt.fmin import FMinIter, space_eval
 from . import leases, spaces
 from .errors import ConfigError
 from .store import MongoJobs, MongoTrials, RetryPolicy, decode, open_client
-from .studies import Study, StudyStore
+from .studies import Study, StudyStore, spare_for
 
 log = logging.getLogger("mongotune.coordinator")
 
@@ -161,7 +161,6 @@ class _StudyTrials(MongoTrials):
 
     full_refresh_s = 30.0
     fresh_s = 0.05  # counts within this long of a refresh are read from it (fmin counts 3 times per poll)
-    _FETCH_CHUNK = 200  # ids per $in (the embedded server rejects ~500 and more)
     _LOCAL_STATES = (JOB_STATE_NEW, JOB_STATE_RUNNING, JOB_STATE_DONE)
 
     def __init__(self, *args, study: Study, space, **kwargs):
@@ -183,25 +182,14 @@ class _StudyTrials(MongoTrials):
     def _refresh_active(self):
         jobs = self.handle.jobs
         query = self._query()
-        active = {d["_id"]: d.get("version", 0) for d in jobs.find(
-            {**query, "state": {"$in": [JOB_STATE_NEW, JOB_STATE_RUNNING]}}, projection=["version"])}
-        stale = [i for i, v in active.items() if i not in self._by_id or self._by_id[i].get("version", 0) != v]
-        stale += [i for i, d in self._by_id.items()
-                  if d.get("state") in (JOB_STATE_NEW, JOB_STATE_RUNNING) and i not in active]
-        for start in range(0, len(stale), self._FETCH_CHUNK):
-            chunk = stale[start:start + self._FETCH_CHUNK]
-            found = set()
-            for doc in jobs.find({**query, "_id": {"$in": chunk}}):
-                self._by_id[doc["_id"]] = decode(doc)
-                found.add(doc["_id"])
-            for i in chunk:  # deleted, or moved to the error state (which refresh leaves out)
-                if i not in found:
-                    self._by_id.pop(i, None)
-        docs = sorted(self._by_id.values(), key=lambda d: d["_id"])
-        self._trials = docs
-        self._specs = [d["spec"] for d in docs]
-        self._results = [d["result"] for d in docs]
-        self._miscs = [d["misc"] for d in docs]
+        active = {d["_id"]: d for d in jobs.find(
+            {**query, "state": {"$in": [JOB_STATE_NEW, JOB_STATE_RUNNING]}}, projection=["version", "tid"])}
+        stale = {i: d.get("tid") for i, d in active.items()
+                 if i not in self._by_id or self._by_id[i].get("version", 0) != d.get("version", 0)}
+        stale.update({i: d.get("tid") for i, d in self._by_id.items()
+                      if d.get("state") in (JOB_STATE_NEW, JOB_STATE_RUNNING) and i not in active})
+        self._download(stale, query)
+        self._publish()
 
     def count_by_state_unsynced(self, arg):
         """Counts from the view (refreshed first unless it just was): one query per poll, not four."""
@@ -342,7 +330,7 @@ class Coordinator:
 
     # ------------------------------------------------------------ running
     def _queue_target(self, study: Study, cache: dict, trials: _StudyTrials | None = None) -> int:
-        """Idle workers + ``queue_spare``.
+        """Idle workers + ``queue_spare`` (default: a third of the live workers, at least 1).
 
         The live workers, and the workers busy with other studies, are re-read
         every 0.5 s; this study's busy workers come from fmin's own view of the
@@ -355,18 +343,18 @@ class Coordinator:
                 live = live_workers(self.db, study.name)
                 # a worker's own document lags its reservation by up to one
                 # heartbeat, so busy workers are read from the running trials
-                q = {"state": JOB_STATE_RUNNING}
-                if trials is not None:
-                    q["exp_key"] = {"$ne": study.exp_key}
+                running = self.jobs.find({"state": JOB_STATE_RUNNING}, projection=["worker.id", "exp_key"])
                 cache["live"] = [w["_id"] for w in live]
-                cache["busy"] = {(d.get("worker") or {}).get("id") for d in self.jobs.find(q, projection=["worker.id"])}
+                cache["busy"] = {(d.get("worker") or {}).get("id") for d in running
+                                 if trials is None or d.get("exp_key") != study.exp_key}
             except Exception:  # noqa: BLE001 - keep the last answer while the server is away
                 cache.setdefault("live", [])
                 cache.setdefault("busy", set())
             cache["t"] = now
         busy = cache["busy"] | trials.running_workers() if trials is not None else cache["busy"]
         idle = sum(1 for w in cache["live"] if w not in busy)
-        return max(1, idle + study.queue_spare)
+        spare = study.queue_spare if study.queue_spare is not None else spare_for(len(cache["live"]))
+        return max(1, idle + spare)
 
     def run(self, name: str, *, progress: Callable[[Snapshot], None] | None = None,
             stop: threading.Event | None = None, progress_every_s: float = 0.5) -> Snapshot:

@@ -32,6 +32,21 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+def lease_filter(token: str | None, job_id=None) -> dict:
+    """The running trial that holds lease ``token``.
+
+    A token is a fresh random value per reservation, so it names one trial
+    by itself; filtering on it (indexed) rather than on ``_id`` + token also
+    keeps the embedded server on its SQL path (it scans and decodes every
+    document for a filter that combines ``_id`` with other fields).  A
+    running trial without a token (reserved by a stock hyperopt worker) is
+    named by its ``_id``.
+    """
+    if token is None:
+        return {"_id": job_id, "state": JOB_STATE_RUNNING, "lease_token": None}
+    return {"lease_token": token, "state": JOB_STATE_RUNNING}
+
+
 def server_now(db) -> datetime.datetime:
     """The server's clock (naive UTC), so that expiry is judged on one clock."""
     try:
@@ -48,7 +63,7 @@ def heartbeat(jobs, job_id, token: str, extra: dict | None = None) -> bool:
     update = {"$currentDate": {"refresh_time": True}}
     if extra:
         update["$set"] = encode(extra)
-    res = jobs.update_one({"_id": job_id, "lease_token": token, "state": JOB_STATE_RUNNING}, update)
+    res = jobs.update_one(lease_filter(token, job_id), update)
     return res.matched_count == 1
 
 
@@ -57,7 +72,7 @@ def finish(jobs, job_id, token: str, result: dict, extra: dict | None = None) ->
     fields = {"state": JOB_STATE_DONE, "result": result, "lease_token": None}
     fields.update(extra or {})
     res = jobs.update_one(
-        {"_id": job_id, "lease_token": token, "state": JOB_STATE_RUNNING},
+        lease_filter(token, job_id),
         {"$set": encode(fields), "$currentDate": {"refresh_time": True}, "$inc": {"version": 1}},
     )
     return res.matched_count == 1
@@ -66,7 +81,7 @@ def finish(jobs, job_id, token: str, result: dict, extra: dict | None = None) ->
 def release(jobs, job_id, token: str, reason: str) -> bool:
     """Give a trial back to the queue at once (graceful shutdown); no attempt is counted."""
     res = jobs.update_one(
-        {"_id": job_id, "lease_token": token, "state": JOB_STATE_RUNNING},
+        lease_filter(token, job_id),
         {
             "$set": {"state": JOB_STATE_NEW, "owner": None, "lease_token": None, "book_time": None,
                      "worker": None},
@@ -100,7 +115,7 @@ def requeue_expired(db, jobs, leases: dict[str, tuple[float, int]]) -> list[tupl
             token = doc.get("lease_token")
             age = (now - doc["refresh_time"]).total_seconds() if doc.get("refresh_time") else float("inf")
             note = {"owner": doc.get("owner"), "silent_s": round(age, 1), "attempt": attempts}
-            cond = {"_id": doc["_id"], "state": JOB_STATE_RUNNING, "lease_token": token}
+            cond = lease_filter(token, doc["_id"])
             if attempts >= max_attempts:
                 reason = (f"lease expired {attempts} times (no heartbeat for {lease_s:.0f}s); "
                           f"last owner {doc.get('owner')}")

@@ -23,19 +23,25 @@ MEMORY_GUARD_FRACTION = 0.9
 _backend_configured = False
 
 
-def configure_backend(mixed_precision: str = "auto") -> dict:
-    """Once per process: mixed precision when a GPU is present (or forced)."""
+def configure_backend(mixed_precision: str = "auto", xla: str = "auto") -> dict:
+    """Once per process: mixed precision when a GPU is present (or forced); whether to XLA-compile.
+
+    ``auto`` means on with a GPU and off on CPU.  XLA is never used with the
+    PyTorch backend, whose ``jit_compile`` means ``torch.compile``.
+    """
     global _backend_configured
     import keras
 
     from .devices import has_gpu
 
     gpu = has_gpu()
+    backend = keras.backend.backend()
     use_mp = mixed_precision == "on" or (mixed_precision == "auto" and gpu)
+    use_xla = backend != "torch" and (xla == "on" or (xla == "auto" and gpu))
     if not _backend_configured:
         keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
         _backend_configured = True
-    return {"gpu": gpu, "mixed_precision": use_mp, "backend": keras.backend.backend()}
+    return {"gpu": gpu, "mixed_precision": use_mp, "xla": use_xla, "backend": backend}
 
 
 def _labels(ds, split: str, heads: list[str]):
@@ -93,13 +99,14 @@ def _make_callback_class():
     return TrialMonitor
 
 
-def compile_model(model, model_def, params: dict, num_coarse_classes: int | None = None):
+def compile_model(model, model_def, params: dict, num_coarse_classes: int | None = None, xla: bool = False):
     from .models import make_optimizer
 
     heads = model_def.output_names(params, num_coarse_classes=num_coarse_classes)
     lr = float(model_def.learning_rate(params))
     opt = make_optimizer(str(params.get("optimizer", "adam")), lr)
-    model.compile(optimizer=opt, **model_def.compile_kwargs(params, num_coarse_classes=num_coarse_classes))
+    model.compile(optimizer=opt, jit_compile=xla,
+                  **model_def.compile_kwargs(params, num_coarse_classes=num_coarse_classes))
     return heads
 
 
@@ -174,14 +181,14 @@ def train_trial(study, params: dict, ctx) -> dict:
 
     from .data import DataSpec, load
 
-    env = configure_backend(study.training.mixed_precision)
+    env = configure_backend(study.training.mixed_precision, study.training.xla)
     t_start = time.perf_counter()
     ds = load(DataSpec.from_dict(study.dataset))
     seed = int(study.training.seed) * 100003 + int(ctx.tid)
     keras.utils.set_random_seed(seed % (2**31))
     model_def, model, coarse = build_for(study, params, ds)
     est = memory_guard(model, params)
-    heads = compile_model(model, model_def, params, coarse)
+    heads = compile_model(model, model_def, params, coarse, xla=env["xla"])
     batch_size = int(params.get("batch_size", 32))
     x_train, y_train = _subsample(ds.x_train, _labels(ds, "train", heads), study.training.max_train_samples, seed)
     x_val, y_val = ds.x_val, _labels(ds, "val", heads)
@@ -239,6 +246,7 @@ def train_trial(study, params: dict, ctx) -> dict:
         "history": history,
         "backend": env["backend"],
         "mixed_precision": env["mixed_precision"],
+        "xla": env["xla"],
     }
     if len(heads) > 1:
         for h in heads[1:]:

@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 
 import pymongo
-from hyperopt.base import JOB_STATE_NEW, JOB_STATE_RUNNING
+from hyperopt.base import JOB_STATE_RUNNING
 
 from . import leases
 from .errors import TrialFailure
@@ -50,6 +50,7 @@ class WorkerConfig:
     max_trials: int | None = None
     poll_min_s: float = 0.05
     poll_max_s: float = 0.25
+    eager_s: float = 1.0  # just after a trial the next one is likely seconds away: poll at poll_min_s this long
     heartbeat_s: float | None = None  # default: min(lease/4, 5 s)
     reap_every_s: float = 5.0
     retry_max_wait_s: float = 300.0
@@ -190,19 +191,8 @@ class Worker:
         leases.requeue_expired(self.db, self.jobs, settings)
 
     # ------------------------------------------------------------ loop
-    def _reserve(self, look_first: bool = False) -> dict | None:
+    def _reserve(self) -> dict | None:
         cond = {"study": self.config.study} if self.config.study else {"study": {"$exists": True}}
-        if look_first:
-            # An idle worker asks every poll_min_s..poll_max_s.  A plain find of one queued trial
-            # is cheap on every server, while the reservation (a find_one_and_update sorted by
-            # tid) makes the embedded server scan and decode the whole jobs collection: empty
-            # polls cost O(trials) of server time each and slowed the whole pool as a study grew.
-            queued = self.retry.call(
-                lambda: self.jobs.find_one({**cond, "state": JOB_STATE_NEW, "owner": None}, projection=["_id"]),
-                "look for a trial",
-            )
-            if queued is None:
-                return None
         token = leases.new_token()
         info = {"id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu}
         job = self.retry.call(
@@ -221,7 +211,6 @@ class Worker:
         self._hb_thread.start()
         idle_since = time.monotonic()
         poll = self.config.poll_min_s
-        idle = False  # after a trial (and at start) reserve at once; while idle, look before reserving
         reason = "stopped"
         log.info("worker %s joined (study: %s, gpu: %s)", self.id, self.config.study or "any", self.config.gpu)
         try:
@@ -230,14 +219,14 @@ class Worker:
                     reason = "max-trials"
                     break
                 self.retry.call(self._maybe_reap, "requeue expired trials")
-                job = self._reserve(look_first=idle)
-                idle = job is None
+                job = self._reserve()
                 if job is None:
                     if self.config.idle_timeout is not None and time.monotonic() - idle_since > self.config.idle_timeout:
                         reason = "idle-timeout"
                         break
                     self._stop.wait(poll)
-                    poll = min(poll * 1.5, self.config.poll_max_s)
+                    if time.monotonic() - idle_since > self.config.eager_s:
+                        poll = min(poll * 1.5, self.config.poll_max_s)
                     continue
                 self._run_job(job)
                 idle_since = time.monotonic()

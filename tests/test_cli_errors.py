@@ -56,3 +56,9 @@ def test_bad_space_file(tmp_path, mongo_url):
     _one_line_error(run_cli("launch", "baseline", "--space", bad, "--mongo", mongo_url), "space", "lr", "0 < low")
     bad.write_text("{not json")
     _one_line_error(run_cli("launch", "baseline", "--space", bad, "--mongo", mongo_url), "invalid JSON")
+
+
+def test_bad_switch_value(mongo_url):
+    _one_line_error(run_cli("launch", "baseline", "--xla", "maybe", "--mongo", mongo_url), "--xla", "auto, on, off")
+    _one_line_error(run_cli("launch", "baseline", "--mixed-precision", "fp8", "--mongo", mongo_url),
+                    "--mixed-precision", "'fp8'")

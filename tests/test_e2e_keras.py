@@ -8,7 +8,7 @@ import signal
 import pytest
 from hyperopt.base import JOB_STATE_DONE
 
-from helpers import db_of, log_text, mongotune, run_cli, stop, wait_for
+from helpers import db_of, log_text, mongotune, run_cli, wait_for
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
     max_evals = 5
     coord = mongotune("launch", "baseline", "--study", "e2e", "--dataset", "digits", "--max-evals", max_evals,
-                      "--workers", 2, "--epochs", 2, "--patience", 1, "--algo", "rand", "--mongo", mongo_url, "-q",
+                      "--workers", 2, "--epochs", 2, "--patience", 1, "--algo", "rand", "--xla", "on", "--mongo", mongo_url, "-q",
                       log=tmp_path / "launch.log")
     db = db_of(mongo_url)
     try:
@@ -50,6 +50,7 @@ def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
         assert 1 <= res["epochs"] <= 2 and len(res["history"]["val_accuracy"]) == res["epochs"]
         assert set(res["per_class"]) == {str(i) for i in range(10)}
         assert res["params_count"] > 0
+        assert res["xla"] is True and res["mixed_precision"] is False  # XLA forced on; no GPU here: float32
         assert os.path.exists(os.path.join(res["artifacts"], "model.keras"))
     assert max(d["result"]["val_accuracy"] for d in ok) > 0.5  # real learning, not chance (0.1)
     st = db.studies.find_one({"_id": "e2e"})

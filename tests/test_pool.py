@@ -7,7 +7,6 @@ controlled; ``test_e2e_keras.py`` runs the same machinery with real training.
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import threading
 import time

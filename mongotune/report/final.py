@@ -93,12 +93,12 @@ def run_final(url: str, name: str, tid: int | None = None, out_dir: str | Path |
         out = Path(out_dir) if out_dir else paths.artifacts_dir() / name / "final"
         out.mkdir(parents=True, exist_ok=True)
 
-        configure_backend(study.training.mixed_precision)
+        env = configure_backend(study.training.mixed_precision, study.training.xla)
         say(f"loading dataset {study.dataset.get('name')}")
         ds = load(DataSpec.from_dict(study.dataset))
         keras.utils.set_random_seed(int(study.training.seed))
         model_def, model, coarse = build_for(study, params, ds)
-        heads = compile_model(model, model_def, params, coarse)
+        heads = compile_model(model, model_def, params, coarse, xla=env["xla"])
         x = np.concatenate([ds.x_train, ds.x_val])
         y = _concat(_labels(ds, "train", heads), _labels(ds, "val", heads))
         say(f"retraining trial {trial['tid']} on {len(x)} images for {epochs} epoch(s)")

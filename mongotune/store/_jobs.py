@@ -89,6 +89,7 @@ class MongoJobs:
         for k in ["exp_key", "result.loss", "book_time"]:
             self.db.jobs.create_index(k)
         self.db.jobs.create_index([("state", 1), ("exp_key", 1), ("tid", 1)])
+        self.db.jobs.create_index("lease_token", sparse=True)
 
     def create_drivers_indexes(self):
         self.db.drivers.create_index("exp_key", unique=True)
@@ -182,13 +183,24 @@ class MongoJobs:
         update = {"owner": host_id, "book_time": now, "state": JOB_STATE_RUNNING, "refresh_time": now}
         if extra_set:
             update.update(encode(extra_set))
+        change = {"$set": update, "$inc": {"version": 1}}
+        after = pymongo.ReturnDocument.AFTER
         try:
-            doc = self.jobs.find_one_and_update(
-                cond,
-                {"$set": update, "$inc": {"version": 1}},
-                sort=[("tid", pymongo.ASCENDING)],
-                return_document=pymongo.ReturnDocument.AFTER,
-            )
+            # Look, then take: the oldest few queued tids by a plain sorted find, then an atomic
+            # find_one_and_update on one of them (still conditional on NEW and unowned, so two
+            # workers never take the same job).  Same result as one sorted find_one_and_update,
+            # which the embedded server answers by decoding every document in the collection.
+            for _ in range(3):
+                queued = list(self.jobs.find(cond, projection=["tid"]).sort("tid", pymongo.ASCENDING).limit(4))
+                if not queued:
+                    return None
+                for q in queued:
+                    doc = self.jobs.find_one_and_update({**cond, "tid": q["tid"]}, change, return_document=after)
+                    if doc is not None:
+                        return decode(doc)
+            # still losing races after 12 tries: take whatever is oldest in one step
+            doc = self.jobs.find_one_and_update(cond, change, sort=[("tid", pymongo.ASCENDING)],
+                                                return_document=after)
         except pymongo.errors.OperationFailure as e:
             log.error("Error during reserve_job: %s", e)
             return None

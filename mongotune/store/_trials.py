@@ -66,7 +66,9 @@ class MongoTrials(Trials):
     # ------------------------------------------------------------ syncing
     def _query(self):
         query = {"exp_key": self._exp_key} if self._exp_key is not None else {}
-        query["state"] = {"$ne": JOB_STATE_ERROR}
+        # every state but error, spelled as $in: the same set as {"$ne": JOB_STATE_ERROR} for
+        # hyperopt's documents, and one the embedded server answers from its index
+        query["state"] = {"$in": [s for s in JOB_STATES if s != JOB_STATE_ERROR]}
         return query
 
     @retrying("refresh trials")
@@ -79,17 +81,44 @@ class MongoTrials(Trials):
         query = self._query()
         if tids is not None:
             query["tid"] = {"$in": list(tids)}
-        remote = {d["_id"]: d.get("version", 0) for d in self.handle.jobs.find(query, projection=["version"])}
+        remote = {d["_id"]: d for d in self.handle.jobs.find(query, projection=["version", "tid"])}
         local = self._by_id if tids is None else {k: v for k, v in self._by_id.items() if v["tid"] in set(tids)}
-        stale = [i for i, v in remote.items() if i not in local or local[i].get("version", 0) != v]
-        if stale:
-            for chunk_start in range(0, len(stale), 500):
-                chunk = stale[chunk_start:chunk_start + 500]
-                for doc in self.handle.jobs.find({"_id": {"$in": chunk}}):
-                    self._by_id[doc["_id"]] = decode(doc)
+        stale = {i: d.get("tid") for i, d in remote.items()
+                 if i not in local or local[i].get("version", 0) != d.get("version", 0)}
+        self._download(stale, query)
         for i in list(local):
             if i not in remote:
                 self._by_id.pop(i, None)
+        self._publish()
+
+    _FETCH_CHUNK = 200  # ids per $in (the embedded server rejects ~500 and more)
+
+    def _download(self, stale: dict, query) -> None:
+        """Fetch the documents ``stale`` names (``_id`` -> ``tid``) that still match ``query``;
+        those that no longer match leave the local view.
+
+        They are asked for by ``tid`` and matched back by ``_id``: the embedded server
+        answers ``{"_id": {"$in": ...}}`` plus other conditions by decoding every document,
+        but a ``tid`` list from its indexes.
+        """
+        ids = list(stale)
+        for start in range(0, len(ids), self._FETCH_CHUNK):
+            chunk = set(ids[start:start + self._FETCH_CHUNK])
+            found = set()
+            tids = list({stale[i] for i in chunk if stale[i] is not None})
+            no_tid = [i for i in chunk if stale[i] is None]  # not hyperopt's documents: by _id
+            queries = ([{**query, "tid": {"$in": tids}}] if tids else []) + (
+                [{**query, "_id": {"$in": no_tid}}] if no_tid else [])
+            for q in queries:
+                for doc in self.handle.jobs.find(q):
+                    if doc["_id"] in chunk:
+                        self._by_id[doc["_id"]] = decode(doc)
+                        found.add(doc["_id"])
+            for i in chunk - found:  # deleted, or moved to the error state (which refresh leaves out)
+                self._by_id.pop(i, None)
+
+    def _publish(self) -> None:
+        """Expose the local documents, in insertion order, as hyperopt's Trials lists."""
         docs = sorted(self._by_id.values(), key=lambda d: d["_id"])
         self._trials = docs
         self._specs = [d["spec"] for d in docs]
