@@ -50,7 +50,6 @@ class WorkerConfig:
     max_trials: int | None = None
     poll_min_s: float = 0.05
     poll_max_s: float = 0.25
-    eager_s: float = 1.0  # just after a trial the next one is likely seconds away: poll at poll_min_s this long
     heartbeat_s: float | None = None  # default: min(lease/4, 5 s)
     reap_every_s: float = 5.0
     retry_max_wait_s: float = 300.0
@@ -225,8 +224,7 @@ class Worker:
                         reason = "idle-timeout"
                         break
                     self._stop.wait(poll)
-                    if time.monotonic() - idle_since > self.config.eager_s:
-                        poll = min(poll * 1.5, self.config.poll_max_s)
+                    poll = min(poll * 1.5, self.config.poll_max_s)
                     continue
                 self._run_job(job)
                 idle_since = time.monotonic()
