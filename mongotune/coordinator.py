@@ -372,10 +372,11 @@ class Coordinator:
             now = time.monotonic()
             if now - state["reap"] >= reap_every:
                 state["reap"] = now
-                leases.requeue_expired(self.db, self.jobs, {study.exp_key: (study.lease_s, study.max_attempts)})
+                self.retry.call(lambda: leases.requeue_expired(
+                    self.db, self.jobs, {study.exp_key: (study.lease_s, study.max_attempts)}), "requeue expired trials")
             if progress and now - state["progress"] >= progress_every_s:
                 state["progress"] = now
-                progress(snapshot(self.db, study, self.jobs, started))
+                progress(self.retry.call(lambda: snapshot(self.db, study, self.jobs, started), "read progress"))
             if stop is not None and stop.is_set():
                 trials._fmin_cancelled = True
 
