@@ -75,12 +75,18 @@ def _samples(ds, out: Path, per_class: int) -> Path:
 
 def _tf_resizer() -> tuple[str, Callable[[np.ndarray, int, str], np.ndarray]] | None:
     """``(label, resize)`` using TensorFlow if it imports, else Keras; None if neither."""
+    from .._quiet import native_stderr_silenced
+
     try:
-        import tensorflow as tf
+        with native_stderr_silenced():  # TF's native start-up and device probing write to fd 2
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
 
         def resize(batch: np.ndarray, size: int, method: str) -> np.ndarray:
-            return tf.image.resize(tf.convert_to_tensor(batch, tf.float32), (size, size),
-                                   method=method).numpy()
+            with native_stderr_silenced():
+                return tf.image.resize(tf.convert_to_tensor(batch, tf.float32), (size, size),
+                                       method=method).numpy()
 
         return f"tf.image.resize (TF {tf.__version__})", resize
     except Exception:  # pragma: no cover - TF is a dependency, this is a fallback
