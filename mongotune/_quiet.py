@@ -34,6 +34,8 @@ def import_keras_quietly():
         import keras
 
         if keras.backend.backend() == "tensorflow":
-            import tensorflow  # noqa: F401 - loads the native runtime now, quietly
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # probes CUDA now, quietly ("failed call to cuInit")
         import mongotune.models  # noqa: F401
     return keras

@@ -171,6 +171,8 @@ def launch(
     xla: str = typer.Option("auto", help="auto (on with a GPU), on or off: XLA-compiled training steps."),
     lease: float = typer.Option(60.0, help="Seconds without heartbeat before a trial is requeued."),
     max_attempts: int = typer.Option(3, help="Expired leases before a trial is failed."),
+    startup_trials: Optional[int] = typer.Option(None, "--startup-trials", help="TPE: random trials before it "
+                                                 "models the results (default: hyperopt's 20)."),
     queue_spare: Optional[int] = typer.Option(None, "--queue-spare", help="Trials queued beyond the idle "
                                               "workers (default: a third of the live workers, at least 1)."),
     seed: int = typer.Option(0, help="Seed of the search and of the data split."),
@@ -202,7 +204,8 @@ def launch(
                             mixed_precision=mixed_precision, xla=xla)
         st = Study(name=study or f"{model}-{dataset}", model=model, dataset=ds.to_dict(), max_evals=max_evals,
                    algo=algo, space=load_space_file(space) if space else None, objective=objective, augment=augment,
-                   training=training, lease_s=lease, max_attempts=max_attempts, queue_spare=queue_spare, seed=seed,
+                   training=training, lease_s=lease, max_attempts=max_attempts, queue_spare=queue_spare,
+                   startup_trials=startup_trials, seed=seed,
                    options=json.loads(options) if options else {})
         st.validate()
         with _mongo(mongo) as url:

@@ -18,6 +18,7 @@ stock hyperopt:
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import math
 import threading
@@ -40,6 +41,14 @@ log = logging.getLogger("mongotune.coordinator")
 
 ALGORITHMS = {"tpe": tpe.suggest, "rand": rand.suggest, "anneal": anneal.suggest}
 WORKER_LIVE_S = 20.0
+
+
+def _algorithm(study: Study):
+    """The study's suggest function, with its TPE start-up length when it sets one."""
+    algo = ALGORITHMS[study.algo]
+    if study.algo == "tpe" and study.startup_trials is not None:
+        return functools.partial(algo, n_startup_jobs=study.startup_trials)
+    return algo
 
 NATIVE_SHAPES = {
     "digits": (8, 8, 1),
@@ -389,7 +398,7 @@ class Coordinator:
         queue_cache: dict = {}
         domain = base.Domain(_never_called, space)
         it = _ElasticFMinIter(
-            _fill_batch(ALGORITHMS[study.algo]), domain, trials, rstate=np.random.default_rng(study.seed + n_existing),
+            _fill_batch(_algorithm(study)), domain, trials, rstate=np.random.default_rng(study.seed + n_existing),
             max_evals=study.max_evals, poll_interval_secs=self.poll_s, verbose=False, show_progressbar=False,
             queue_policy=lambda: self._queue_target(study, queue_cache, trials),
         )

@@ -73,6 +73,7 @@ class Study:
     training: Training = field(default_factory=Training)
     lease_s: float = DEFAULT_LEASE_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    startup_trials: int | None = None  # tpe: random trials before TPE models the results (None: hyperopt's 20)
     queue_spare: int | None = None  # trials queued beyond the idle workers; None: spare_for(live workers)
     seed: int = 0
     options: dict = field(default_factory=dict)  # objective-specific settings
@@ -97,6 +98,9 @@ class Study:
             raise ConfigError(f"unknown objective {self.objective!r}; choose from: {', '.join(OBJECTIVES)}")
         if self.training.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.training.loss!r}; choose from: {', '.join(LOSSES)}")
+        if self.startup_trials is not None and (self.algo != "tpe" or self.startup_trials < 1):
+            raise ConfigError(f"--startup-trials applies to --algo tpe and must be >= 1, got {self.startup_trials}"
+                              f" with --algo {self.algo}")
         if self.queue_spare is not None and self.queue_spare < 0:
             raise ConfigError(f"--queue-spare must be >= 0, got {self.queue_spare}")
         if self.lease_s <= 0 or self.max_attempts < 1:

@@ -62,3 +62,10 @@ def test_bad_switch_value(mongo_url):
     _one_line_error(run_cli("launch", "baseline", "--xla", "maybe", "--mongo", mongo_url), "--xla", "auto, on, off")
     _one_line_error(run_cli("launch", "baseline", "--mixed-precision", "fp8", "--mongo", mongo_url),
                     "--mixed-precision", "'fp8'")
+
+
+def test_startup_trials_only_for_tpe(mongo_url):
+    _one_line_error(run_cli("launch", "baseline", "--startup-trials", "0", "--mongo", mongo_url), "--startup-trials",
+                    ">= 1")
+    _one_line_error(run_cli("launch", "baseline", "--algo", "rand", "--startup-trials", "5", "--mongo", mongo_url),
+                    "--startup-trials", "--algo rand")

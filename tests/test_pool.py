@@ -68,10 +68,13 @@ def test_two_workers_run_every_trial_once_and_record_failures(mongo_url, tmp_pat
     assert study.status == "done" and study.best["loss"] == snap.best_loss
 
 
-@pytest.mark.parametrize("algo", ["tpe", "rand", "anneal"])
+@pytest.mark.parametrize("algo", ["tpe", "tpe-startup2", "rand", "anneal"])
 def test_each_algorithm_with_a_queue_of_several(mongo_url, tmp_path, algo):
     coord = Coordinator(mongo_url)
-    coord.create(_study(f"alg-{algo}", 8, sleep_s=0.05, algo=algo))
+    study = _study(f"alg-{algo}", 8, sleep_s=0.05, algo=algo.split("-")[0])
+    if algo == "tpe-startup2":
+        study.startup_trials = 2  # TPE itself (not its random start) suggests trials 3..8
+    coord.create(study)
     workers = [mongotune("worker", "--mongo", mongo_url, "--study", f"alg-{algo}", log=tmp_path / f"w{i}.log")
                for i in range(2)]
     try:
