@@ -37,8 +37,8 @@ def spare_for(live_workers: int) -> int:
 
     Workers that finish while the coordinator is between polls find these
     waiting.  Measured (bench/bench_pool.py, 8 workers, 1 s trials, embedded
-    server): pool efficiency 0.82-0.86 with 1 spare, 0.88-0.89 with 2,
-    0.88-0.90 with 3.  More spares mean TPE suggests with fewer results known.
+    server, separate runs): pool efficiency 0.82-0.86 with 1 spare, 0.87-0.89 with 2,
+    0.88-0.92 with 3.  More spares mean TPE suggests with fewer results known.
     """
     return max(1, round(live_workers / 3))
 
