@@ -50,6 +50,7 @@ def _algorithm(study: Study):
         return functools.partial(algo, n_startup_jobs=study.startup_trials)
     return algo
 
+
 NATIVE_SHAPES = {
     "digits": (8, 8, 1),
     "mnist": (28, 28, 1),

@@ -20,16 +20,14 @@ from .errors import TrialFailure
 log = logging.getLogger("mongotune.training")
 
 MEMORY_GUARD_FRACTION = 0.9
-_backend_configured = False
 
 
 def configure_backend(mixed_precision: str = "auto", xla: str = "auto") -> dict:
-    """Once per process: mixed precision when a GPU is present (or forced); whether to XLA-compile.
+    """Before each trial: mixed precision when a GPU is present (or forced); whether to XLA-compile.
 
     ``auto`` means on with a GPU and off on CPU.  XLA is never used with the
     PyTorch backend, whose ``jit_compile`` means ``torch.compile``.
     """
-    global _backend_configured
     import keras
 
     from .devices import has_gpu
@@ -38,9 +36,9 @@ def configure_backend(mixed_precision: str = "auto", xla: str = "auto") -> dict:
     backend = keras.backend.backend()
     use_mp = mixed_precision == "on" or (mixed_precision == "auto" and gpu)
     use_xla = backend != "torch" and (xla == "on" or (xla == "auto" and gpu))
-    if not _backend_configured:
-        keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
-        _backend_configured = True
+    policy = "mixed_float16" if use_mp else "float32"
+    if keras.mixed_precision.global_policy().name != policy:  # a worker may serve studies that differ
+        keras.mixed_precision.set_global_policy(policy)
     return {"gpu": gpu, "mixed_precision": use_mp, "xla": use_xla, "backend": backend}
 
 

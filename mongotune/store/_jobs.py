@@ -195,7 +195,8 @@ class MongoJobs:
                 if not queued:
                     return None
                 for q in queued:
-                    doc = self.jobs.find_one_and_update({**cond, "tid": q["tid"]}, change, return_document=after)
+                    key = {"tid": q["tid"]} if q.get("tid") is not None else {"_id": q["_id"]}
+                    doc = self.jobs.find_one_and_update({**cond, **key}, change, return_document=after)
                     if doc is not None:
                         return decode(doc)
             # still losing races after 12 tries: take whatever is oldest in one step

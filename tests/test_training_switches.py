@@ -1,0 +1,40 @@
+"""The per-trial backend switches: each trial gets its own study's precision policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from mongotune.training import configure_backend
+
+
+@pytest.fixture
+def restore_policy():
+    import keras
+
+    before = keras.mixed_precision.global_policy().name
+    yield keras
+    keras.mixed_precision.set_global_policy(before)
+
+
+def test_policy_follows_each_study_in_one_process(restore_policy):
+    keras = restore_policy
+    on = configure_backend("on", "off")
+    assert on["mixed_precision"] is True and on["xla"] is False
+    assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    # the next trial in the same worker process belongs to a study that wants float32
+    off = configure_backend("off", "on")
+    assert off["mixed_precision"] is False
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert off["xla"] is (keras.backend.backend() != "torch")
+
+
+def test_auto_is_off_without_a_gpu(restore_policy, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # hides any GPU from the probe, as a CPU worker sees it
+    from mongotune.devices import gpu_memory_bytes
+
+    gpu_memory_bytes.cache_clear()
+    try:
+        env = configure_backend("auto", "auto")
+    finally:
+        gpu_memory_bytes.cache_clear()
+    assert env == {"gpu": False, "mixed_precision": False, "xla": False, "backend": env["backend"]}
