@@ -339,7 +339,7 @@ class Coordinator:
         return tids
 
     # ------------------------------------------------------------ running
-    def _queue_target(self, study: Study, cache: dict, trials: _StudyTrials | None = None) -> int:
+    def _queue_target(self, study: Study, cache: dict, trials: _StudyTrials) -> int:
         """Idle workers + ``queue_spare`` (default: a third of the live workers, at least 1).
 
         The live workers, and the workers busy with other studies, are re-read
@@ -356,12 +356,12 @@ class Coordinator:
                 running = self.jobs.find({"state": JOB_STATE_RUNNING}, projection=["worker.id", "exp_key"])
                 cache["live"] = [w["_id"] for w in live]
                 cache["busy"] = {(d.get("worker") or {}).get("id") for d in running
-                                 if trials is None or d.get("exp_key") != study.exp_key}
+                                 if d.get("exp_key") != study.exp_key}
             except Exception:  # noqa: BLE001 - keep the last answer while the server is away
                 cache.setdefault("live", [])
                 cache.setdefault("busy", set())
             cache["t"] = now
-        busy = cache["busy"] | trials.running_workers() if trials is not None else cache["busy"]
+        busy = cache["busy"] | trials.running_workers()
         idle = sum(1 for w in cache["live"] if w not in busy)
         spare = study.queue_spare if study.queue_spare is not None else spare_for(len(cache["live"]))
         return max(1, idle + spare)

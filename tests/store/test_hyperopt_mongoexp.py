@@ -477,21 +477,18 @@ def keep_signal_handlers():
         signal.signal(s, handler)
 
 
+def _one_job_options(mongo: str) -> FakeOptions:
+    """hyperopt-mongo-worker's options for one job with a 1 s reserve timeout on exp_key 'foo'."""
+    return FakeOptions(max_jobs=1, mongo=mongo, reserve_timeout=1, poll_interval=0.5, workdir=None,
+                       exp_key="foo", last_job_timeout=None, allow_pickle=True)
+
+
 # -- assert that the test raises a ReserveTimeout within 5 seconds
 @pytest.mark.timeout(10)  # XXX:  this needs a suspiciously long timeout
 def test_main_worker(trials, temp_mongo, keep_signal_handlers):
     with pytest.raises(ReserveTimeout):
-        options = FakeOptions(
-            max_jobs=1,
-            # -- the standard URL form; main_worker_helper adds the /jobs
-            mongo=as_mongo_str(temp_mongo.mongodb_url("foodb")),
-            reserve_timeout=1,
-            poll_interval=0.5,
-            workdir=None,
-            exp_key="foo",
-            last_job_timeout=None,
-            allow_pickle=True,
-        )
+        # -- the standard URL form; main_worker_helper adds the /jobs
+        options = _one_job_options(as_mongo_str(temp_mongo.mongodb_url("foodb")))
         # -- check that it runs
         #    and that the reserve timeout is respected
         main_worker_helper(options, ())
@@ -512,16 +509,7 @@ def test_main_worker_mongodb_url_with_options(temp_mongo, keep_signal_handlers, 
         return real_new(cls, conn_str, *args, **kwargs)
 
     monkeypatch.setattr(MongoJobs, "new_from_connection_str", classmethod(spying_new))
-    options = FakeOptions(
-        max_jobs=1,
-        mongo=url,
-        reserve_timeout=1,
-        poll_interval=0.5,
-        workdir=None,
-        exp_key="foo",
-        last_job_timeout=None,
-        allow_pickle=True,
-    )
+    options = _one_job_options(url)
     with pytest.raises(ReserveTimeout):
         main_worker_helper(options, ())
     assert opened, "main_worker_helper never opened the jobs collection"
