@@ -148,7 +148,7 @@ class Resources:
         return self.server
 
     def pool(self, url: str, k: int, study: str, tag: str):
-        from mongotune.pool import LocalPool
+        from mongotune.pool.local import LocalPool
 
         pool = LocalPool(url, k, study=study, gpus=[], log_dir=self.tmp / "logs" / tag)
         self.pools.append(pool)
@@ -255,7 +255,7 @@ QUEUE_SPARE: int | None = None  # --queue-spare: override the study default
 
 
 def make_study(name, n, objective, sleep_s, algo="tpe"):
-    from mongotune.studies import Study
+    from mongotune.store.studies import Study
 
     study = Study(name=name, model=objective, dataset={"name": "digits"}, max_evals=n, objective=objective,
                   options={"sleep_s": sleep_s}, algo=algo)
@@ -282,7 +282,7 @@ def run_mongotune_study(res: Resources, base_url: str, tag: str, name: str, k: i
     """Start K workers, wait until all have joined, run the study; return timings and the trial docs."""
     import pymongo
 
-    from mongotune.coordinator import Coordinator
+    from mongotune.pool.coordinator import Coordinator
 
     url = f"{base_url}/{tag}"
     coord = Coordinator(url)
@@ -531,7 +531,7 @@ def bench_coordinator(res, base_url, out: Out, *, n, k, window) -> dict:
     import psutil
     from hyperopt import tpe
 
-    import mongotune.coordinator as C
+    import mongotune.pool.coordinator as C
 
     out.line(f"\n[bold]3. coordinator cost per trial[/bold]: {n} trials, synthetic objective (sleep 0), {k} workers, "
              f"TPE; coordinator in this process, server and workers in their own")

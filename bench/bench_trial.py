@@ -79,8 +79,8 @@ def main() -> int:
     from mongotune.data import DataSpec, load
     from mongotune.models import get_model
     from mongotune.objectives import TrialContext
-    from mongotune.studies import Study, Training
-    from mongotune.training import compile_model, configure_backend, train_trial
+    from mongotune.store.studies import Study, Training
+    from mongotune.objectives.keras_trial import compile_model, configure_backend, train_trial
 
     params = dict(PARAMS, batch_size=args.batch_size)
     tmp = Path(tempfile.mkdtemp(prefix="bench-trial-"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hyperopt.base import JOB_STATE_DONE
 
-from mongotune.coordinator import Coordinator
+from mongotune.pool.coordinator import Coordinator
 from mongotune.devices import parse_bytes
-from mongotune.studies import Study, Training
+from mongotune.store.studies import Study, Training
 
 from helpers import db_of, log_text, mongotune, stop
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW, JOB_STATE_RUNNING
 
-from mongotune.coordinator import Coordinator
-from mongotune.studies import Study
+from mongotune.pool.coordinator import Coordinator
+from mongotune.store.studies import Study
 
 from helpers import db_of, log_text, mongotune, run_cli, stop, wait_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mongotune.training import configure_backend
+from mongotune.objectives.keras_trial import configure_backend
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from hyperopt.base import JOB_STATE_DONE
 from .. import paths
 from ..errors import ConfigError
 from ..store import decode, open_client
-from ..studies import StudyStore
+from ..store.studies import StudyStore
 
 
 def pick_trial(jobs, study, tid: int | None) -> dict:
@@ -78,7 +78,7 @@ def run_final(url: str, name: str, tid: int | None = None, out_dir: str | Path |
     from sklearn.metrics import classification_report, confusion_matrix
 
     from ..data import DataSpec, load
-    from ..training import _labels, build_for, compile_model, configure_backend, predict_classes
+    from ..objectives.keras_trial import _labels, build_for, compile_model, configure_backend, predict_classes
 
     say = progress or (lambda msg: None)
     client, db, parsed = open_client(url)

@@ -7,7 +7,7 @@ import math
 from hyperopt.base import JOB_STATE_DONE
 
 from ..store import decode, open_client
-from ..studies import StudyStore
+from ..store.studies import StudyStore
 
 
 def leaderboard(url: str, name: str, top: int = 10) -> list[dict]:

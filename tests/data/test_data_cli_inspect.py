@@ -8,7 +8,7 @@ import pytest
 from data_fixtures import make_folder
 from typer.testing import CliRunner
 
-from mongotune.cli_data import data_app
+from mongotune.cli.data import data_app
 from mongotune.data import DataSpec, inspect, prepare
 
 runner = CliRunner()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..coordinator import WORKER_LIVE_S
-from ..leases import server_now
+from ..pool.coordinator import WORKER_LIVE_S
+from ..store.trialdoc import server_now
 from ..store import open_client
 
 

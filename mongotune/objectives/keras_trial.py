@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TrialFailure
+from ..errors import TrialFailure
 
 log = logging.getLogger("mongotune.training")
 
@@ -30,7 +30,7 @@ def configure_backend(mixed_precision: str = "auto", xla: str = "auto") -> dict:
     """
     import keras
 
-    from .devices import has_gpu
+    from ..devices import has_gpu
 
     gpu = has_gpu()
     backend = keras.backend.backend()
@@ -98,7 +98,7 @@ def _make_callback_class():
 
 
 def compile_model(model, model_def, params: dict, num_coarse_classes: int | None = None, xla: bool = False):
-    from .models import make_optimizer
+    from ..models import make_optimizer
 
     heads = model_def.output_names(params, num_coarse_classes=num_coarse_classes)
     lr = float(model_def.learning_rate(params))
@@ -146,7 +146,7 @@ def loss_from(kind: str, val_accuracy: float, val_loss: float | None) -> float:
 
 def build_for(study, params: dict, ds):
     """Build (uncompiled) the study's model for ``params`` on dataset ``ds``."""
-    from .models import get_model
+    from ..models import get_model
 
     model_def = get_model(study.model)
     coarse = None
@@ -159,8 +159,8 @@ def build_for(study, params: dict, ds):
 
 def memory_guard(model, params: dict) -> dict:
     """Fail fast (recorded on the trial) when the configuration cannot fit."""
-    from .devices import device_memory_bytes
-    from .models import estimate_memory
+    from ..devices import device_memory_bytes
+    from ..models import estimate_memory
 
     est = estimate_memory(model, int(params.get("batch_size", 32)), optimizer=str(params.get("optimizer", "adam")))
     budget = device_memory_bytes()
@@ -177,7 +177,7 @@ def memory_guard(model, params: dict) -> dict:
 def train_trial(study, params: dict, ctx) -> dict:
     import keras
 
-    from .data import DataSpec, load
+    from ..data import DataSpec, load
 
     env = configure_backend(study.training.mixed_precision, study.training.xla)
     t_start = time.perf_counter()

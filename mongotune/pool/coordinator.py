@@ -32,10 +32,11 @@ from hyperopt import anneal, base, rand, tpe
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
 from hyperopt.fmin import FMinIter, space_eval
 
-from . import leases, spaces
-from .errors import ConfigError
-from .store import MongoJobs, MongoTrials, RetryPolicy, decode, open_client
-from .studies import Study, StudyStore, spare_for
+from ..store import trialdoc as leases
+from ..search import spaces
+from ..errors import ConfigError
+from ..store import MongoJobs, MongoTrials, RetryPolicy, decode, open_client
+from ..store.studies import Study, StudyStore, spare_for
 
 log = logging.getLogger("mongotune.coordinator")
 
@@ -70,7 +71,7 @@ def input_shape_of(dataset: dict) -> tuple[int, int, int]:
         size = dataset.get("size")
         channels = dataset.get("channels")
         return (int(size or h), int(size or w), int(channels or c))
-    from .data import DataSpec, load
+    from ..data import DataSpec, load
 
     return tuple(load(DataSpec.from_dict(dataset)).input_shape)
 
@@ -81,7 +82,7 @@ def resolve_space(study: Study):
         return spaces.build(study.space)
     if study.objective != "keras":
         return spaces.build(DEFAULT_SYNTHETIC_SPACE)
-    from .models import get_model
+    from ..models import get_model
 
     return get_model(study.model).space(input_shape_of(study.dataset), augment=study.augment)
 

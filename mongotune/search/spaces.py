@@ -24,7 +24,7 @@ from typing import Any
 from hyperopt import hp
 from hyperopt.pyll import scope
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _KINDS = {
     "choice": ("options",),

@@ -16,8 +16,8 @@ from typing import Any
 import pymongo
 import pymongo.errors
 
-from .errors import ConfigError, StudyNotFound
-from .leases import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
+from ..errors import ConfigError, StudyNotFound
+from .trialdoc import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
 
 ALGOS = ("tpe", "rand", "anneal")
 OBJECTIVES = ("keras", "synthetic", "sleep")
@@ -164,7 +164,7 @@ class StudyStore:
         return [Study.from_doc(d) for d in self.coll.find().sort("created", pymongo.ASCENDING)]
 
     def update(self, name: str, **fields: Any) -> None:
-        from .store import encode
+        from . import encode
 
         fields["updated"] = _now()
         self.coll.update_one({"_id": name}, {"$set": encode(fields)})

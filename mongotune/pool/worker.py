@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import pymongo
 from hyperopt.base import JOB_STATE_RUNNING
 
-from . import leases
-from .errors import TrialFailure
-from .objectives import TrialContext, get_objective
-from .store import MongoJobs, RetryPolicy, encode, open_client, utcnow
-from .studies import Study, StudyStore
+from ..store import trialdoc as leases
+from ..errors import TrialFailure
+from ..objectives import TrialContext, get_objective
+from ..store import MongoJobs, RetryPolicy, encode, open_client, utcnow
+from ..store.studies import Study, StudyStore
 
 log = logging.getLogger("mongotune.worker")
 

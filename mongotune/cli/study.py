@@ -1,86 +1,19 @@
-"""The ``mongotune`` command line: parse, call library code, print with rich.
-
-User errors (``UserError``) print one line on stderr and exit with code 2.
-"""
+"""Study commands: launch, resume, status, studies, leaderboard, requeue, final."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
-import sys
 import threading
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .errors import UserError
+from ..errors import UserError
+from ._common import MongoOpt, _mongo, _setup_logging, _user_errors, app, err, out
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Distributed hyper-parameter tuning of Keras image classifiers on MongoDB workers.")
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
-
-MONGO_HELP = ("MongoDB URL (mongodb://user:pw@host:port/db or hyperopt's mongo://host:port/db/jobs). "
-              "Default: $MONGOTUNE_MONGO, else the embedded server on $MONGOTUNE_HOME/db.")
-MongoOpt = typer.Option(None, "--mongo", help=MONGO_HELP, envvar="MONGOTUNE_MONGO")
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("pymongo", "hyperopt", "tensorflow", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _fail(exc: UserError):
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(exc.exit_code)
-
-
-@contextlib.contextmanager
-def _mongo(url: str | None):
-    """Yield a usable URL: the one given, or the shared embedded server's."""
-    if url:
-        yield url
-        return
-    from .store.embedded import ensure_embedded
-
-    server = ensure_embedded()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def _user_errors():
-    try:
-        yield
-    except UserError as exc:
-        _fail(exc)
-
-
-# ---------------------------------------------------------------- server
-@app.command()
-def server(dbpath: Optional[Path] = typer.Option(None, help="Database directory (default $MONGOTUNE_HOME/db)."),
-           port: int = typer.Option(27117, help="TCP port on 127.0.0.1."),
-           host: str = typer.Option("127.0.0.1", help="Interface to listen on.")):
-    """Serve a persistent MongoDB-wire-compatible database until stopped (Ctrl-C)."""
-    _setup_logging()
-    from .store.embedded import serve
-
-    with _user_errors():
-        out.print(f"serving {dbpath or 'default database'} on mongodb://{host}:{port} (Ctrl-C to stop)")
-        serve(dbpath, port, host)
-
-
-# ---------------------------------------------------------------- launch / resume
 def _progress_table(snap) -> Table:
     c = snap.counts
     t = Table(title=f"study {snap.name}", show_header=True, header_style="bold")
@@ -94,8 +27,8 @@ def _progress_table(snap) -> Table:
 
 
 def _drive(url: str, name: str, workers: int, quiet: bool = False):
-    from .coordinator import Coordinator
-    from .pool import LocalPool
+    from ..pool.coordinator import Coordinator
+    from ..pool.local import LocalPool
 
     coord = Coordinator(url)
     pool = LocalPool(url, workers, study=name).start() if workers > 0 else None
@@ -182,20 +115,20 @@ def launch(
 ):
     """Create a study and run it: hyperopt's fmin queues trials, workers train them."""
     _setup_logging()
-    from . import paths
-    from .coordinator import Coordinator
-    from .spaces import load_space_file
-    from .studies import Study, Training
+    from .. import paths
+    from ..pool.coordinator import Coordinator
+    from ..search.spaces import load_space_file
+    from ..store.studies import Study, Training
 
     with _user_errors():
         if objective == "keras":
-            from ._quiet import import_keras_quietly
+            from .._quiet import import_keras_quietly
 
             import_keras_quietly()
-            from .models import get_model
+            from ..models import get_model
 
             get_model(model)
-        from .data import DataSpec
+        from ..data import DataSpec
 
         ds = DataSpec.from_dict({"name": dataset, "size": size, "channels": channels, "source": source,
                                  "val_fraction": val_fraction, "seed": seed})
@@ -219,7 +152,7 @@ def launch(
 
 
 def _redacted(url: str) -> str:
-    from .store import redact
+    from ..store import redact
 
     return redact(url)
 
@@ -231,7 +164,7 @@ def resume(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
            quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Continue an interrupted study up to its max evals (nothing is run twice)."""
     _setup_logging()
-    from .coordinator import Coordinator
+    from ..pool.coordinator import Coordinator
 
     with _user_errors(), _mongo(mongo) as url:
         coord = Coordinator(url)
@@ -249,7 +182,7 @@ def resume(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
 @app.command()
 def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt):
     """Counts by state, best loss and params, running trials with worker and heartbeat."""
-    from .coordinator import Coordinator
+    from ..pool.coordinator import Coordinator
 
     with _user_errors(), _mongo(mongo) as url:
         coord = Coordinator(url)
@@ -276,7 +209,7 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
 @app.command()
 def studies(mongo: Optional[str] = MongoOpt):
     """List studies."""
-    from .coordinator import Coordinator
+    from ..pool.coordinator import Coordinator
 
     with _user_errors(), _mongo(mongo) as url:
         coord = Coordinator(url)
@@ -295,7 +228,7 @@ def studies(mongo: Optional[str] = MongoOpt):
 def leaderboard(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
                 top: int = typer.Option(10, help="How many trials.")):
     """The best trials of a study with their params and metrics."""
-    from .report.leaderboard import leaderboard as board
+    from ..report.leaderboard import leaderboard as board
 
     with _user_errors(), _mongo(mongo) as url:
         rows = board(url, name, top)
@@ -319,7 +252,7 @@ def requeue(name: str = typer.Argument(..., help="Study name."),
             tid: Optional[int] = typer.Option(None, help="Only this trial (running or errored)."),
             mongo: Optional[str] = MongoOpt):
     """Put a study's running trials (or one trial) back in the queue."""
-    from .coordinator import Coordinator
+    from ..pool.coordinator import Coordinator
 
     with _user_errors(), _mongo(mongo) as url:
         coord = Coordinator(url)
@@ -335,10 +268,10 @@ def final(name: str = typer.Argument(..., help="Study name."), mongo: Optional[s
                                                  "(default $MONGOTUNE_HOME/artifacts/NAME/final).")):
     """Retrain the best configuration on train+val, test once, write reports and the model."""
     _setup_logging()
-    from ._quiet import import_keras_quietly
+    from .._quiet import import_keras_quietly
 
     import_keras_quietly()
-    from .report.final import run_final
+    from ..report.final import run_final
 
     with _user_errors(), _mongo(mongo) as url:
         summary = run_final(url, name, trial, out_dir, progress=lambda m: err.print(f"[dim]{m}[/]"))
@@ -349,66 +282,3 @@ def final(name: str = typer.Argument(..., help="Study name."), mongo: Optional[s
         out.print(f"{key.replace('_path', '').replace('_', ' ')}: {summary[key]}", highlight=False)
 
 
-# ---------------------------------------------------------------- workers
-@app.command()
-def worker(mongo: Optional[str] = MongoOpt,
-           gpu: Optional[str] = typer.Option(None, help="GPU index to pin (sets CUDA_VISIBLE_DEVICES); 'none' = CPU."),
-           study: Optional[str] = typer.Option(None, help="Only run trials of this study."),
-           idle_timeout: Optional[float] = typer.Option(None, help="Leave after this many idle seconds."),
-           max_trials: Optional[int] = typer.Option(None, help="Leave after this many trials."),
-           artifacts: Optional[str] = typer.Option(None, help="Artifact root override for this host."),
-           verbose: bool = typer.Option(False, "--verbose", "-v")):
-    """Join the pool: reserve trials, train, report; stays until stopped."""
-    if gpu is not None:  # before anything can import TensorFlow
-        os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu.lower() in ("none", "cpu", "-1") else gpu
-    _setup_logging(verbose)
-    from .worker import Worker, WorkerConfig, install_signal_handlers
-
-    with _user_errors(), _mongo(mongo) as url:
-        w = Worker(WorkerConfig(url=url, study=study, gpu=gpu, idle_timeout=idle_timeout, max_trials=max_trials,
-                                artifacts=artifacts))
-        install_signal_handlers(w)
-        reason = w.run()
-    err.print(f"worker stopped ({reason}) after {w.trials_done} trial(s)")
-
-
-@app.command()
-def workers(mongo: Optional[str] = MongoOpt,
-            all_: bool = typer.Option(False, "--all", help="Include stopped and lost workers.")):
-    """Live workers: host, pid, GPU, current trial, heartbeat age."""
-    from .report.pool import list_workers
-
-    with _user_errors(), _mongo(mongo) as url:
-        rows = list_workers(url, include_gone=all_)
-    t = Table(title="workers")
-    for col in ("worker", "host", "pid", "gpu", "study", "state", "current trial", "done", "heartbeat age"):
-        t.add_column(col)
-    for r in rows:
-        cur = r.get("current") or {}
-        t.add_row(r["_id"], r["host"], str(r["pid"]), str(r.get("gpu")), str(r.get("study") or "any"), r["state"],
-                  f"{cur.get('study')}#{cur.get('tid')}" if cur else "-", str(r.get("trials_done", 0)),
-                  f"{r['heartbeat_age_s']:.1f}s" if r.get("heartbeat_age_s") is not None else "-")
-    out.print(t)
-
-
-def _mount_optional():
-    try:
-        from .cli_data import data_app
-    except ImportError:
-        return
-    app.add_typer(data_app, name="data", help="Prepare, inspect and list cached datasets.")
-
-
-_mount_optional()
-
-
-def main():
-    try:
-        app()
-    except UserError as exc:  # raised outside a command's own handler
-        err.print(f"error: {exc}", highlight=False)
-        sys.exit(exc.exit_code)
-
-
-if __name__ == "__main__":
-    main()

@@ -20,7 +20,7 @@ import uuid
 
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW, JOB_STATE_RUNNING
 
-from .store import encode
+from ._codec import encode
 
 log = logging.getLogger("mongotune.leases")
 

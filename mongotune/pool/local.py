@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import paths
+from .. import paths
 
 
 def visible_gpus() -> list[str]:

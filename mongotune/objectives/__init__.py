@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import TrialFailure
+from ..errors import TrialFailure
 
 
 @dataclass
@@ -72,7 +72,7 @@ def sleep(study, params: dict, ctx: TrialContext) -> dict:
 
 
 def keras(study, params: dict, ctx: TrialContext) -> dict:
-    from .training import train_trial
+    from .keras_trial import train_trial
 
     return train_trial(study, params, ctx)
 

@@ -1,0 +1,30 @@
+"""The ``mongotune`` command line: parse, call library code, print with rich.
+
+One module per command group; this package only assembles them.  User errors
+(``UserError``) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import UserError
+from ._common import app, err
+from . import pool, server, study  # noqa: F401,E402  (registers the commands)
+
+
+from .data import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data", help="Prepare, inspect and list cached datasets.")
+
+
+def main():
+    try:
+        app()
+    except UserError as exc:  # raised outside a command's own handler
+        err.print(f"error: {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
