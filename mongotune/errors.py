@@ -49,3 +49,15 @@ class TrialFailure(MongotuneError):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+
+
+class TrialPruned(MongotuneError):
+    """The study's pruner stopped a trial early at ``step`` with the metric at ``value``.
+
+    Not a failure: the worker records the trial as pruned with its last reading.
+    """
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"pruned at step {step} (value {value})")
+        self.step = step
+        self.value = value
