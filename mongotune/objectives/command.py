@@ -400,7 +400,7 @@ def make_settings(command: str | list[str], *, metric: str, params: list[str] | 
     full_space = parse_params(params, space)
     if not full_space:
         raise ConfigError("a command study needs a search space: give --param NAME:SPEC (or --space FILE)")
-    from ..spaces import build
+    from ..search.spaces import build
 
     build(full_space)  # hyperopt must accept it
     if workdir is not None:
