@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 
+import hyperopt.mongoexp as _hx  # imports fine on pymongo 4 (only its database calls are broken)
 import numpy as np
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, Ctrl, SONify, spec_from_misc
 from hyperopt.utils import json_call, temp_dir, working_dir
@@ -30,16 +31,16 @@ log = logging.getLogger("mongotune.store")
 PICKLE_PROTOCOLS = ("cpickled fn", "call evaluate", "driver_attachment", "domain_attachment")
 
 
-class ReserveTimeout(Exception):
-    """No job was reserved in the allotted time (hyperopt's exception)."""
+class ReserveTimeout(_hx.ReserveTimeout):
+    """No job was reserved in the allotted time (a ``hyperopt.mongoexp.ReserveTimeout``)."""
 
 
-class Shutdown(Exception):
-    pass
+class Shutdown(_hx.Shutdown):
+    """The worker was told to stop by a signal (a ``hyperopt.mongoexp.Shutdown``)."""
 
 
-class WaitQuit(Exception):
-    pass
+class WaitQuit(_hx.WaitQuit):
+    """A ``hyperopt.mongoexp.WaitQuit``."""
 
 
 class PickleRefused(RuntimeError):

@@ -52,3 +52,17 @@ def test_fmin_with_each_algorithm(mongo_url, algo, queue, tmp_path, monkeypatch)
     assert min(finite) == pytest.approx((best["x"] - 0.25) ** 2)
     xs = [t["misc"]["vals"]["x"][0] for t in trials.trials]
     assert all(math.isnan(l) for x, l in zip(xs, losses) if x > 0.8)
+
+
+def test_store_raises_hyperopts_own_exception_classes(mongo_url):
+    """Code written for hyperopt.mongoexp catches what mongotune's store raises."""
+    import hyperopt.mongoexp as hx
+
+    from mongotune.store import Shutdown, WaitQuit
+
+    assert issubclass(ReserveTimeout, hx.ReserveTimeout)
+    assert issubclass(Shutdown, hx.Shutdown) and issubclass(WaitQuit, hx.WaitQuit)
+    w = MongoWorker(MongoJobs.new_from_connection_str(mongo_url.split("?")[0] + "/jobs"), poll_interval=0.1,
+                    exp_key="nothing-queued", logfilename=None)
+    with pytest.raises(hx.ReserveTimeout):
+        w.run_one(reserve_timeout=0.3)
