@@ -17,6 +17,10 @@ from .data import data_app  # noqa: E402
 
 app.add_typer(data_app, name="data", help="Prepare, inspect and list cached datasets.")
 
+from .k8s import k8s_app  # noqa: E402
+
+app.add_typer(k8s_app, name="k8s", help="Kubernetes manifests: MongoDB, the GPU worker pool, coordinator Jobs.")
+
 
 def main():
     try:

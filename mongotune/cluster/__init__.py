@@ -1,0 +1,1 @@
+"""Running the pool under cluster schedulers: Slurm job arrays and Kubernetes manifests."""
