@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -58,7 +58,7 @@ def render(image: str = typer.Option(..., help="Worker image, e.g. registry.exam
 
 
 @k8s_app.command(context_settings={"ignore_unknown_options": True})
-def job(args: List[str] = typer.Argument(..., help="launch ... or resume ..., after '--'."),
+def job(args: list[str] = typer.Argument(..., help="launch ... or resume ..., after '--'."),
         image: str = typer.Option(..., help="The image of the worker pool."),
         namespace: str = typer.Option(..., "--namespace", "-n", help="The pool's namespace."),
         name: Optional[str] = typer.Option(None, help="Job name (default: generated; use kubectl create)."),

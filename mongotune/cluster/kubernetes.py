@@ -20,7 +20,8 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -158,7 +159,10 @@ def load_base(root: str | Path | None = None) -> list[dict]:
     """The objects of ``base/kustomization.yaml`` exactly as ``kubectl kustomize base`` builds them."""
     base = manifests_dir(root) / "base"
     kfile = base / "kustomization.yaml"
-    (kust,) = _load_yaml_docs(kfile) or [{}]
+    docs = _load_yaml_docs(kfile)
+    if len(docs) != 1 or docs[0].get("kind") != "Kustomization":
+        raise ConfigError(f"{kfile} must hold one Kustomization")
+    kust = docs[0]
     unknown = set(kust) - _KUSTOMIZATION_KEYS
     if unknown:
         raise ConfigError(f"{kfile}: {', '.join(sorted(unknown))} not understood by mongotune's renderer; "
@@ -308,10 +312,10 @@ def coordinator_job(image: str, namespace: str, args: list[str], name: str | Non
     if "--quiet" not in args and "-q" not in args:
         args.append("--quiet")  # progress lines, not a live table, in `kubectl logs`
     path = manifests_dir(manifests) / "jobs" / "coordinator.yaml"
-    (job,) = _load_yaml_docs(path) or [None]
-    if not job or job.get("kind") != "Job":
+    docs = _load_yaml_docs(path)
+    if len(docs) != 1 or docs[0].get("kind") != "Job":
         raise ConfigError(f"{path} must hold one Job")
-    job = copy.deepcopy(job)
+    job = copy.deepcopy(docs[0])
     meta = job.setdefault("metadata", {})
     if name:
         meta.pop("generateName", None)
