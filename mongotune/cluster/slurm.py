@@ -453,7 +453,7 @@ def status(url: str | None, job_ids: list[str] | None = None, study: str | None 
     arrays: list[dict] = []
     workers: list[dict] = []
     if url:
-        from ..report.pool import list_workers
+        from ..report.workers import list_workers
         from ..store import open_client
 
         client, db, _ = open_client(url)

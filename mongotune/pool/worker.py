@@ -35,6 +35,7 @@ from ..errors import TrialFailure
 from ..objectives import TrialContext, get_objective
 from ..store import MongoJobs, RetryPolicy, encode, open_client, utcnow
 from ..store.studies import Study, StudyStore
+from ..cluster.slurm import worker_identity as slurm_task
 
 log = logging.getLogger("mongotune.worker")
 
@@ -141,6 +142,9 @@ class Worker:
         doc = {"_id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu,
                "study": self.config.study, "status": "idle", "current": None, "trials_done": 0,
                "started": utcnow()}
+        slurm = slurm_task()
+        if slurm:  # started by `mongotune slurm submit`: `slurm status` pairs it with its array task
+            doc["slurm"] = slurm
         self.retry.call(lambda: self.db.workers.replace_one({"_id": self.id}, doc, upsert=True), "register worker")
         self._beat_worker()
 

@@ -81,11 +81,12 @@ def _mem_mb() -> int:
 class SlurmCluster:
     """Start with ``start()``, stop with ``stop()`` (or use it as a context manager)."""
 
-    def __init__(self, root: Path, cpus: int | None = None, kill_wait_s: int = 5):
+    def __init__(self, root: Path, cpus: int | None = None, kill_wait_s: int = 5, cred_expire_s: int = 10):
         self.root = Path(root)
         self.node = socket.gethostname().split(".")[0]
         self.cpus = cpus or max(4, os.cpu_count() or 1)
         self.kill_wait_s = kill_wait_s
+        self.cred_expire_s = cred_expire_s
         self.conf = self.root / "slurm.conf"
         self.socket = self.root / "munge" / "munge.socket"
         self._procs: list[tuple[str, Path]] = []  # (daemon, pid file)
@@ -94,7 +95,7 @@ class SlurmCluster:
     def _write_files(self) -> None:
         for d in ("munge", "state", "spool", "log"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
-        (self.root / "munge").chmod(0o700)
+        (self.root / "munge").chmod(0o711)  # munged wants its socket folder searchable by all
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(128))
         key.chmod(0o600)
@@ -107,7 +108,8 @@ class SlurmCluster:
             f"SlurmUser={_user()}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={self.socket}",
+            # cred_expire: a requeued job waits this long before it may start again (default 120 s)
+            f"AuthInfo=socket={self.socket},cred_expire={self.cred_expire_s}",
             f"StateSaveLocation={r / 'state'}",
             f"SlurmdSpoolDir={r / 'spool'}",
             f"SlurmctldPidFile={r / 'slurmctld.pid'}",
@@ -190,9 +192,15 @@ class SlurmCluster:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        """Cancel every job, then stop the daemons (children first) and wait for them to go."""
-        if self.conf.exists():
-            self._run("scancel", "--user", _user(), "--full")
+        """Cancel every job and wait for it to end, stop the daemons, then end any job process left over."""
+        if self.conf.exists() and self._procs:
+            self._run("scancel", "--user", _user())
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                r = self._run("squeue", "-h", "-o", "%i")
+                if r.returncode != 0 or not r.stdout.strip():
+                    break
+                time.sleep(0.5)
         for name, pidfile in reversed(self._procs):
             try:
                 pid = int(pidfile.read_text().strip())
@@ -200,6 +208,25 @@ class SlurmCluster:
                 continue
             _terminate(pid)
         self._procs.clear()
+        for pid in self.job_processes():
+            _terminate(pid, timeout=5)
+
+    def job_processes(self) -> list[int]:
+        """Processes started by this cluster's jobs (their environment names our slurm.conf)."""
+        marker = f"SLURM_CONF={self.conf}".encode()
+        mine = {os.getpid(), os.getppid()}
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in mine:
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as fh:
+                    env = fh.read().split(b"\0")
+            except OSError:
+                continue
+            if marker in env and any(v.startswith(b"SLURM_JOB_ID=") for v in env):
+                found.append(int(entry))
+        return found
 
     def __enter__(self) -> "SlurmCluster":
         return self.start()
@@ -214,6 +241,15 @@ def _user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _terminate(pid: int, timeout: float = 15.0) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
@@ -221,9 +257,7 @@ def _terminate(pid: int, timeout: float = 15.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return
         time.sleep(0.1)
     try:
