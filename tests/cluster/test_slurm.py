@@ -215,12 +215,18 @@ def test_time_limit_hands_the_trial_back(slurm, mongo_url, tmp_path, home):
     rec = tmp_path / "runs"
     coord = Coordinator(mongo_url)
     coord.create(_study("s3", 1, sleep_s=600.0, record_dir=str(rec)))
-    job = _submit(slurm, mongo_url, "--workers", 1, "--study", "s3", "--time", "1", "--signal-before", "30")
+    job = _submit(slurm, mongo_url, "--workers", 1, "--study", "s3", "--time", "10", "--signal-before", "90")
     t, stop_ev, done = _coordinate(mongo_url, "s3")
     db = db_of(mongo_url)
     try:
-        running = wait_for(lambda: db.jobs.find_one({"study": "s3", "state": JOB_STATE_RUNNING}), 60, 0.2,
+        running = wait_for(lambda: db.jobs.find_one({"study": "s3", "state": JOB_STATE_RUNNING}), 90, 0.2,
                            what="a running trial")
+        # Slurm counts limits in minutes and checks them every 30 s, so a 1-minute --time could signal a worker
+        # still importing. Instead the running task's limit is cut to 60-120 s from now: Slurm's warning signal
+        # (90 s before the limit) comes at its next check, and the limit itself at least 30 s after that.
+        elapsed = _slurm(slurm, "squeue", "-h", "-j", f"{job}_0", "-o", "%M").stdout.strip()
+        secs = sum(int(x) * 60 ** i for i, x in enumerate(reversed(elapsed.replace("-", ":").split(":"))))
+        _slurm(slurm, "scontrol", "update", f"JobId={job}_0", f"TimeLimit={secs // 60 + 2}")
         wait_for(lambda: not _tasks(slurm, job), 120, 0.5, what="the task to reach its time limit")
         doc = db.jobs.find_one({"_id": running["_id"]})
         log = _log(home, "mongotune-s3", job, 0)
