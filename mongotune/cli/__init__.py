@@ -10,7 +10,7 @@ import sys
 
 from ..errors import UserError
 from ._common import app, err
-from . import pool, server, slurm, study  # noqa: F401,E402  (registers the commands)
+from . import pool, server, study  # noqa: F401,E402  (registers the commands)
 
 
 from .data import data_app  # noqa: E402
@@ -20,6 +20,10 @@ app.add_typer(data_app, name="data", help="Prepare, inspect and list cached data
 from .k8s import k8s_app  # noqa: E402
 
 app.add_typer(k8s_app, name="k8s", help="Kubernetes manifests: MongoDB, the GPU worker pool, coordinator Jobs.")
+
+from .slurm import slurm_app  # noqa: E402
+
+app.add_typer(slurm_app, name="slurm", help="The worker pool as a Slurm job array: submit, status, cancel.")
 
 
 def main():

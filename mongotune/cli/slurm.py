@@ -10,16 +10,17 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
-from ._common import _user_errors, app, err, out
+from ._common import _user_errors, err, out
 
 slurm_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                        help="Run workers as a Slurm job array: submit, status, cancel.")
-app.add_typer(slurm_app, name="slurm")
+                        help="The worker pool as a Slurm job array: submit, status, cancel.")
 
 SLURM_MONGO_HELP = ("MongoDB URL the compute nodes can reach (mongodb://user:pw@host:port/db). Default: "
                     "$MONGOTUNE_MONGO. The password never goes into the script or the job's environment.")
 SlurmMongoOpt = typer.Option(None, "--mongo", help=SLURM_MONGO_HELP, envvar="MONGOTUNE_MONGO")
 JobIdsArg = typer.Argument(None, help="Array job ids (default: the arrays submitted to this pool).")
+PasswordFileOpt = typer.Option(None, "--password-file", help="File holding the password of a --mongo URL "
+                               "that has a user and no password.")
 
 
 def _need_url(url: str | None) -> str:
@@ -79,9 +80,9 @@ def submit(
         spec.validate()
         url = _need_url(mongo)
         if dry_run:
-            public, password, pfile = slurm.prepare(spec, url)
+            public, password, pfile, write = slurm.prepare(spec, url)
             typer.echo(slurm.render_script(spec, public, pfile), nl=False)
-            if pfile is not None:
+            if write:
                 err.print(f"note: the script reads the MongoDB password from {pfile}, which --dry-run did not "
                           "write: create it (mode 0600) before you submit", highlight=False, soft_wrap=True)
             err.print(f"note: create the log folder {spec.logs()} before you submit", highlight=False, soft_wrap=True)
@@ -117,14 +118,15 @@ def _trial(w: dict | None) -> str:
 
 @slurm_app.command()
 def status(job_ids: Optional[List[str]] = JobIdsArg, mongo: Optional[str] = SlurmMongoOpt,
-           study: Optional[str] = typer.Option(None, "--study", help="Only this study's arrays and workers.")):
+           study: Optional[str] = typer.Option(None, "--study", help="Only this study's arrays and workers."),
+           password_file: Optional[Path] = PasswordFileOpt):
     """The pool's array tasks (squeue/sacct) beside its live workers."""
     from ..cluster import slurm
 
     with _user_errors():
         if not mongo and not job_ids:
             _need_url(mongo)
-        st = slurm.status(mongo, job_ids, study)
+        st = slurm.status(mongo and slurm.with_password_file(mongo, password_file), job_ids, study)
     con = _wide()
     t = Table(title="slurm array tasks")
     for col in ("task", "state", "elapsed", "limit", "node", "reason", "worker", "worker state", "trial",
@@ -152,14 +154,15 @@ def status(job_ids: Optional[List[str]] = JobIdsArg, mongo: Optional[str] = Slur
 
 @slurm_app.command()
 def cancel(job_ids: Optional[List[str]] = JobIdsArg, mongo: Optional[str] = SlurmMongoOpt,
-           study: Optional[str] = typer.Option(None, "--study", help="Only this study's arrays.")):
+           study: Optional[str] = typer.Option(None, "--study", help="Only this study's arrays."),
+           password_file: Optional[Path] = PasswordFileOpt):
     """scancel the pool's arrays (or the given ones): workers hand their trials back first."""
     from ..cluster import slurm
 
     with _user_errors():
         if not mongo and not job_ids:
             _need_url(mongo)
-        ids = slurm.cancel(mongo, job_ids, study)
+        ids = slurm.cancel(mongo and slurm.with_password_file(mongo, password_file), job_ids, study)
     if ids:
         out.print(f"cancelled array job(s) {', '.join(ids)}; their workers hand running trials back to the queue",
                   highlight=False, soft_wrap=True)

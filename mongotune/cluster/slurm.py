@@ -292,16 +292,46 @@ class Submitted:
     public_url: str
 
 
-def prepare(spec: SlurmSpec, url: str) -> tuple[str, str | None, Path | None]:
-    """``(public url, password, password file)`` for ``url``; writes nothing."""
+def prepare(spec: SlurmSpec, url: str) -> tuple[str, str | None, Path | None, bool]:
+    """``(public url, password, password file, whether submit writes that file)``; writes nothing.
+
+    A password in the URL (or in ``$MONGOTUNE_MONGO_PASSWORD``) goes to
+    ``spec.password_file`` or a default file; a URL with a user and no
+    password may instead name the user's own file with ``password_file``.
+    """
+    from ..store import parse_mongo_url
+
     public, password = split_password(url)
-    pfile = None
     if password is not None:
-        pfile = Path(spec.password_file or default_password_file(public)).expanduser().absolute()
-    return public, password, pfile
+        return public, password, Path(spec.password_file or default_password_file(public)).expanduser().absolute(), True
+    if spec.password_file is not None:
+        if parse_mongo_url(url).username is None:
+            raise ConfigError("--password-file needs a user in the URL (mongodb://USER@host:port/db)")
+        return public, None, Path(spec.password_file).expanduser().absolute(), False
+    return public, None, None, False
 
 
-def ping(url: str, timeout_ms: int = 5000) -> None:
+def check_password_file(path: Path) -> None:
+    """The user's own password file must exist and be readable by nobody else."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"--password-file {path}: {exc.strerror}") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(f"--password-file {path} is readable by others (mode {st.st_mode & 0o777:o}): "
+                          f"chmod 600 {path}")
+
+
+def with_password_file(url: str, password_file: Path | str | None):
+    """``url`` parsed with the password read from ``password_file`` (for a URL with a user and no password)."""
+    if password_file is None:
+        return url
+    from ..store import parse_mongo_url
+
+    return parse_mongo_url(url, pwfile=str(Path(password_file).expanduser()))
+
+
+def ping(url, timeout_ms: int = 5000) -> None:
     """Raise ``ConnectionFailure`` (a UserError) unless the MongoDB at ``url`` answers."""
     from ..store import open_client
 
@@ -317,9 +347,12 @@ def submit(spec: SlurmSpec, url: str) -> Submitted:
     """
     spec.validate()
     require("sbatch")
-    public, password, pfile = prepare(spec, url)
+    public, password, pfile, write = prepare(spec, url)
+    if pfile is not None and not write:
+        check_password_file(pfile)
+        url = with_password_file(url, pfile)
     ping(url)
-    if password is not None:
+    if write:
         write_password_file(pfile, password)
     spec.logs().mkdir(parents=True, exist_ok=True)
     scripts = slurm_dir() / "scripts"
@@ -348,7 +381,7 @@ def _parse_job_id(stdout: str) -> str:
     return first
 
 
-def _record(url: str, doc: dict) -> None:
+def _record(url, doc: dict) -> None:
     from ..store import open_client
 
     client, db, _ = open_client(url)
@@ -441,7 +474,7 @@ def _sacct(job_ids: list[str]) -> tuple[list[TaskRow], str | None]:
     return rows, None
 
 
-def status(url: str | None, job_ids: list[str] | None = None, study: str | None = None) -> PoolStatus:
+def status(url, job_ids: list[str] | None = None, study: str | None = None) -> PoolStatus:
     """The pool's array tasks (squeue, plus sacct for finished ones) beside its workers.
 
     With ``url``: the arrays recorded by ``submit`` (or just ``job_ids``) and
@@ -488,7 +521,7 @@ def status(url: str | None, job_ids: list[str] | None = None, study: str | None 
     return PoolStatus(arrays, tasks, others, notes)
 
 
-def cancel(url: str | None, job_ids: list[str] | None = None, study: str | None = None) -> list[str]:
+def cancel(url, job_ids: list[str] | None = None, study: str | None = None) -> list[str]:
     """scancel the given arrays, or every array recorded for the pool (of ``study``) not yet cancelled.
 
     The workers get SIGTERM and hand their trials back.  Returns the job ids.

@@ -302,5 +302,11 @@ def test_bad_input_gives_one_error_line(tmp_path, mongo_url):
     dead = f"mongodb://127.0.0.1:{free_port()}/nowhere"
     _one_error_line(run_cli("slurm", "submit", "--workers", 2, "--mongo", dead,
                             PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"), "cannot reach MongoDB")
+    open_pw = tmp_path / "mongo.pw"
+    open_pw.write_text("secret")
+    open_pw.chmod(0o644)
+    _one_error_line(run_cli("slurm", "submit", "--workers", 2, "--mongo", "mongodb://bob@127.0.0.1:1/x",
+                            "--password-file", open_pw, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"),
+                    "chmod 600")
     assert not mark.exists()
     _one_error_line(run_cli("slurm", "status"), "MongoDB URL")
