@@ -117,7 +117,8 @@ class SlurmSpec:
         """True when the task gets a GPU, either from us or from the user's own sbatch options."""
         if self.gpus_per_worker > 0:
             return True
-        return any(re.match(r"--(gres=\S*gpu|gpus|gpus-per-\w+|gpus-per-task)(=|$)", a) for a in self.sbatch_args)
+        return any((a.startswith("--gres=") and "gpu" in a) or re.match(r"(--gpus(-per-\w+)?|-G)(=|\s|$)", a)
+                   for a in self.sbatch_args)
 
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")

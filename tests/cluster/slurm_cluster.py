@@ -201,7 +201,7 @@ class SlurmCluster:
                 if r.returncode != 0 or not r.stdout.strip():
                     break
                 time.sleep(0.5)
-        for name, pidfile in reversed(self._procs):
+        for _name, pidfile in reversed(self._procs):
             try:
                 pid = int(pidfile.read_text().strip())
             except (OSError, ValueError):
