@@ -20,6 +20,8 @@ from typing import Any
 
 import keras
 import numpy as np
+from hyperopt import hp
+from hyperopt.pyll import scope
 
 from mongotune.errors import ConfigError
 
@@ -73,6 +75,23 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
         raise ConfigError(f"learning rate must be a positive number, got {learning_rate!r}")
     cls = getattr(keras.optimizers, _OPTIMIZERS[key][0])
     return cls(learning_rate=lr)
+
+
+# --------------------------------------------------------------------------
+# space helpers
+# --------------------------------------------------------------------------
+
+
+def int_range(label: str, low: int, high: int):
+    """An integer hyper-parameter, every value of [low, high] equally likely;
+    a constant when the range holds one value (hyperopt rejects empty ranges).
+
+    The underlying uniform reaches 0.49 past either end so that, after
+    rounding, the end values are as likely as the inner ones.
+    """
+    if high <= low:
+        return low
+    return scope.int(hp.quniform(label, low - 0.49, high + 0.49, 1))
 
 
 # --------------------------------------------------------------------------

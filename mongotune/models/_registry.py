@@ -13,6 +13,9 @@ from typing import Any
 
 from mongotune.errors import ConfigError
 
+#: what ``ModelDef.space(variant=...)`` accepts
+SPACE_VARIANTS = ("auto", "seed", "small")
+
 # marker for "the caller did not say how many coarse classes there are"
 _UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
 
@@ -25,21 +28,33 @@ class ModelDef:
     description: str = ""
     #: smallest height/width (pixels) the model can be built for
     min_input_size: int = 1
+    #: channels the model's first layers want (None: any); a launch converts
+    #: grayscale datasets to this many channels unless --channels says otherwise
+    input_channels: int | None = None
+    #: the model has a pre-trained part that it freezes (vggstrix)
+    takes_weights: bool = False
 
     # -- the public entry points ---------------------------------------------
 
-    def space(self, input_shape: tuple[int, int, int], *, augment: bool = False) -> dict:
+    def space(self, input_shape: tuple[int, int, int], *, augment: bool = False,
+              variant: str = "auto") -> dict:
         """The hyperopt search space for images of ``input_shape`` (H, W, C).
 
         Always has the keys ``batch_size``, ``learning_rate`` and
         ``optimizer``.  ``augment=True`` merges in
         :func:`mongotune.models.augment.augmentation_space`.  Raises
         ConfigError when the images are too small for this model.
+
+        ``variant``: ``"seed"`` is the space of the seed experiment the model
+        comes from, ``"small"`` a narrower one for small inputs (models that
+        have one, see :meth:`is_small_input`), ``"auto"`` picks ``"small"``
+        exactly when :meth:`is_small_input` says so.
         """
         from mongotune.models._common import check_input_shape
 
         shape = check_input_shape(self.name, input_shape, self.min_input_size)
-        space = self._space(shape)
+        chosen = self.space_variant(shape, variant)
+        space = self._small_space(shape) if chosen == "small" else self._space(shape)
         if augment:
             from mongotune.models.augment import with_augmentation
 
@@ -65,6 +80,37 @@ class ModelDef:
                             weights=weights)
         self._remember_heads(params, list(model.output_names))
         return model
+
+    def space_variant(self, input_shape: tuple[int, int, int], variant: str = "auto") -> str:
+        """``"seed"`` or ``"small"``: which space :meth:`space` uses for ``input_shape``."""
+        if variant not in SPACE_VARIANTS:
+            raise ConfigError(f"{self.name}: unknown space variant {variant!r}; "
+                              f"choose from: {', '.join(SPACE_VARIANTS)}")
+        if variant == "auto":
+            return "small" if self.is_small_input(input_shape) else "seed"
+        if variant == "small" and not self.has_small_space:
+            raise ConfigError(f"{self.name}: has no small-input space")
+        return variant
+
+    @property
+    def has_small_space(self) -> bool:
+        return type(self)._small_space is not ModelDef._small_space
+
+    def is_small_input(self, input_shape: tuple[int, int, int]) -> bool:
+        """Whether ``input_shape`` is too small for the seed's space (False: no small space)."""
+        return False
+
+    def check_weights(self, weights: str | None) -> str | None:
+        """Refuse weights a model cannot use; ``None`` where the model takes none.
+
+        A model that freezes a pre-trained part (``takes_weights``) overrides
+        this to refuse running with that part random.  The default refuses
+        any weights: the model has nothing to load them into.
+        """
+        if weights is not None:
+            raise ConfigError(f"{self.name}: takes no pre-trained weights (--weights is for "
+                              f"{', '.join(m for m in available_models() if get_model(m).takes_weights)})")
+        return None
 
     # -- which heads did a params dict get? --------------------------------------
     # A two-headed model's outputs depend on ``num_coarse_classes`` at build
@@ -101,6 +147,9 @@ class ModelDef:
     # -- to implement --------------------------------------------------------
 
     def _space(self, input_shape: tuple[int, int, int]) -> dict:
+        raise NotImplementedError
+
+    def _small_space(self, input_shape: tuple[int, int, int]) -> dict:
         raise NotImplementedError
 
     def _build(self, p, input_shape, num_classes, *, num_coarse_classes, weights):
@@ -147,12 +196,12 @@ class ModelDef:
             "loss_weights": weights,
         }
 
-    def corners(self, input_shape: tuple[int, int, int]) -> list[dict]:
+    def corners(self, input_shape: tuple[int, int, int], variant: str = "auto") -> list[dict]:
         """Concrete params at the extremes of :meth:`space` (every branch of
         every choice, smallest and largest value of every dimension)."""
         from mongotune.models._space import corners
 
-        return corners(self.space(input_shape))
+        return corners(self.space(input_shape, variant=variant))
 
     def __repr__(self) -> str:
         return f"<ModelDef {self.name!r}>"

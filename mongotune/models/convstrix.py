@@ -8,7 +8,8 @@ dropout and a softmax layer follow.
 
 The space depends on the image size: ``num_blocks`` is capped so that the
 poolings never shrink the feature map below 1x1 (8x8 digits allow at most 4
-blocks).
+blocks).  Images smaller than 28x28 get a small-input space: the same
+convolutions, a narrower head and learning rates up to 1e-2.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import math
 
 import keras
 from hyperopt import hp
-from hyperopt.pyll import scope
 
 from mongotune.errors import ConfigError
-from mongotune.models._common import dense_head, image_stem, kernel_initializer, softmax_output
+from mongotune.models._common import dense_head, image_stem, int_range, kernel_initializer, softmax_output
 from mongotune.models._registry import ModelDef, register
 
 BATCH_SIZES = [16, 32, 64]
@@ -30,29 +30,27 @@ OPTIMIZERS = ["adam", "adamax", "nadam", "rmsprop"]
 MIN_BLOCKS, MAX_BLOCKS = 2, 6
 FILTERS_STEP = 32
 
+#: Images whose smaller side is below this use the small-input space.
+SMALL_INPUT_SIDE = 28
+#: The small-input space keeps the seed's convolutional part and narrows the
+#: fully connected head and the learning rate: on 8x8 digits the seed's head
+#: (up to 4 x 1,536 units) dwarfs the convolutions, and learning rates above
+#: 1e-2 leave many trials at chance.
+SMALL_FCL_SIZES = [64, 128, 256]
+SMALL_FCL_MAX_LAYERS = 2
+SMALL_LEARNING_RATES = (1e-4, 1e-2)
+
 
 def max_poolings(size: int) -> int:
     """How many 2x2 poolings (floor division) keep a side of ``size`` >= 1."""
     return int(math.floor(math.log2(size))) if size >= 1 else -1
 
 
-def int_range(label: str, low: int, high: int):
-    """An integer hyper-parameter, every value of [low, high] equally likely;
-    a constant when the range holds one value (hyperopt rejects empty ranges).
-
-    The underlying uniform reaches 0.49 past either end so that, after
-    rounding, the end values are as likely as the inner ones.
-    """
-    if high <= low:
-        return low
-    return scope.int(hp.quniform(label, low - 0.49, high + 0.49, 1))
-
-
-def fcl_space() -> dict:
+def fcl_space(sizes=FCL_SIZES, max_layers: int = 4) -> dict:
     """The fully connected head's dimensions, shared with VGGStrix."""
     return {
-        "fcl_num_layers": int_range("fcl_num_layers", 1, 4),
-        "fcl_layer_size": hp.choice("fcl_layer_size", FCL_SIZES),
+        "fcl_num_layers": int_range("fcl_num_layers", 1, max_layers),
+        "fcl_layer_size": hp.choice("fcl_layer_size", list(sizes)),
         "fcl_dropout_rate": hp.quniform("fcl_dropout_rate", 0.05, 0.5, 0.05),
     }
 
@@ -87,6 +85,22 @@ class ConvStrix(ModelDef):
             "num_blocks": int_range("num_blocks", MIN_BLOCKS, top),
             "block_size": int_range("block_size", 1, 3),
             **fcl_space(),
+            "activation": hp.choice("activation", ACTIVATIONS),
+            "optimizer": hp.choice("optimizer", OPTIMIZERS),
+        }
+
+    def is_small_input(self, input_shape):
+        return min(input_shape[:2]) < SMALL_INPUT_SIDE
+
+    def _small_space(self, input_shape):
+        top = self.max_blocks(input_shape)
+        low, high = SMALL_LEARNING_RATES
+        return {
+            "batch_size": hp.choice("batch_size", BATCH_SIZES),
+            "learning_rate": hp.loguniform("learning_rate", math.log(low), math.log(high)),
+            "num_blocks": int_range("num_blocks", MIN_BLOCKS, top),
+            "block_size": int_range("block_size", 1, 3),
+            **fcl_space(SMALL_FCL_SIZES, SMALL_FCL_MAX_LAYERS),
             "activation": hp.choice("activation", ACTIVATIONS),
             "optimizer": hp.choice("optimizer", OPTIMIZERS),
         }

@@ -14,7 +14,11 @@ search decides, among other things:
 * batch normalisation on/off, activation relu/elu, L2 decay
   (``1e-4 * l2_weight_reg_mult``), dropout after each stage and in the
   fully connected part, an optional second fully connected layer;
-* optimizer, batch size, and a learning rate multiplier on a base of 1e-3.
+* optimizer, batch size, and a learning rate multiplier on a base of 1e-3;
+* the seed's random left-right flip (``aug_flip``).
+
+Images smaller than 32x32 get a small-input space: no flip, batches of 16-128
+instead of the seed's 100-700.
 
 With ``num_coarse_classes`` the model has two softmax outputs, ``fine`` and
 ``coarse``; the coarse loss is weighted by ``coarse_labels_weight``.  Without
@@ -40,6 +44,11 @@ BASE_L2 = 1e-4
 POOLING_TYPES = ["max", "avg", "all_conv", "inception"]
 OPTIMIZERS = ["adam", "nadam", "rmsprop"]
 ACTIVATIONS = ["relu", "elu"]
+#: (low, high, q) of the batch size: the seed's, and for small inputs
+SEED_BATCH_SIZES = (100, 700, 5)
+SMALL_BATCH_SIZES = (16, 128, 16)
+#: Images whose smaller side is below this (CIFAR's 32) use the small space.
+SMALL_INPUT_SIDE = 32
 
 
 class HyperResNet(ModelDef):
@@ -48,9 +57,25 @@ class HyperResNet(ModelDef):
                    "with optional fine + coarse heads")
     min_input_size = 8
 
+    def is_small_input(self, input_shape):
+        return min(input_shape[:2]) < SMALL_INPUT_SIDE
+
     def _space(self, input_shape):
         return {
-            "batch_size": scope.int(hp.quniform("batch_size", 64, 512, 32)),
+            # the seed's only pre-processing: a random left-right flip
+            "aug_flip": True,
+            **self._common_space(),
+            "batch_size": scope.int(hp.quniform("batch_size", *SEED_BATCH_SIZES)),
+        }
+
+    def _small_space(self, input_shape):
+        # no flip (small inputs such as digits are not mirror-symmetric) and
+        # batches that give a small training set enough steps per epoch
+        return {**self._common_space(),
+                "batch_size": scope.int(hp.quniform("batch_size", *SMALL_BATCH_SIZES))}
+
+    def _common_space(self):
+        return {
             "learning_rate": BASE_LEARNING_RATE,
             "lr_rate_mult": hp.loguniform("lr_rate_mult", -0.5, 0.5),
             "l2_weight_reg_mult": hp.loguniform("l2_weight_reg_mult", -1.3, 1.3),

@@ -19,7 +19,9 @@ feature map can take (none at all for 32x32 .. 95x95 inputs).
 
 Weights: ``"imagenet"`` fetches the published no-top file once into the
 Keras cache (checked against its MD5), a path loads a local ``.h5`` file
-(offline machines), ``None`` leaves the base randomly initialised.
+(offline machines).  ``None`` is refused: a frozen, randomly initialised base
+cannot learn (a study's trials would all end at chance).  ``"random"`` builds
+one anyway, for shape checks and tests.
 """
 
 from __future__ import annotations
@@ -109,12 +111,33 @@ def max_extra_convs(input_shape) -> int:
     return max(0, min(MAX_EXTRA_CONVS, (size - 1) // 2))
 
 
+#: ``weights=RANDOM`` builds the base with random weights, still frozen: a
+#: model that cannot learn, for shape checks and tests only.  Studies refuse it
+#: (and ``None``), see :meth:`VGGStrix.check_weights`.
+RANDOM = "random"
+
+FROZEN_RANDOM = (
+    "vggstrix: the VGG19 base is frozen, so without pre-trained weights it stays random and "
+    "every trial ends at chance accuracy; pass --weights imagenet, or --weights PATH to a VGG19 "
+    "no-top .h5 file, or tune convstrix to train a VGG-style network from scratch"
+)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def resolve_weights(weights: str | None) -> str | None:
-    """``None`` | path of a local ``.h5`` file to load into the VGG19 base."""
+    """Path of the ``.h5`` file to load into the VGG19 base; ``None`` for :data:`RANDOM`.
+
+    ``None`` itself is refused: a frozen random base never learns.
+    """
     if weights is None:
-        return None
+        raise ConfigError(FROZEN_RANDOM)
     if not isinstance(weights, (str, os.PathLike)):
-        raise ConfigError(f"vggstrix: weights must be 'imagenet', a file path or None, got {weights!r}")
+        raise ConfigError(f"vggstrix: weights must be 'imagenet' or a file path, got {weights!r}")
+    if str(weights) == RANDOM:
+        return None
     if str(weights).strip().lower() == "imagenet":
         try:
             return keras.utils.get_file(
@@ -126,7 +149,7 @@ def resolve_weights(weights: str | None) -> str | None:
         except Exception as exc:  # no network, proxy, bad hash ...
             raise ConfigError(
                 f"vggstrix: could not fetch the ImageNet VGG19 weights from {IMAGENET_WEIGHTS_URL} "
-                f"({exc}); download the file elsewhere and pass its path with --weights PATH"
+                f"({_one_line(exc)}); download the file elsewhere and pass its path with --weights PATH"
             ) from None
     path = os.path.expanduser(os.fspath(weights))
     if not os.path.isfile(path):
@@ -148,10 +171,45 @@ def conv_params(p) -> tuple[int, int]:
     return num_blocks, (block_size if num_blocks else 0)
 
 
+def check_weights_file(path: str, input_shape=(32, 32, 3)) -> None:
+    """Load ``path`` into a VGG19 base: ConfigError (one line) when it does not fit."""
+    h, w = input_shape[:2]
+    try:
+        keras.applications.VGG19(include_top=False, weights=path, input_shape=(h, w, 3))
+    except Exception as exc:  # wrong layer count or shapes, not HDF5, truncated ...
+        raise ConfigError(
+            f"vggstrix: {path} does not hold VGG19 no-top weights ({_one_line(exc)[:300]}); "
+            f"pass --weights PATH to the file Keras publishes as {IMAGENET_WEIGHTS_FILE}"
+        ) from None
+    finally:
+        keras.backend.clear_session()
+
+
 class VGGStrix(ModelDef):
     name = "vggstrix"
     description = "frozen VGG19 base (ImageNet weights) + optional conv blocks + dense head"
     min_input_size = 32
+    input_channels = 3
+    takes_weights = True
+
+    def check_weights(self, weights):
+        """``'imagenet'`` or an existing file; anything that leaves the frozen base random is refused.
+
+        Refused rather than trained unfrozen: unfreezing would turn the study
+        into training VGG19 (20 M parameters, no batch normalisation) from
+        scratch, a different and much slower experiment that convstrix
+        already covers.
+        """
+        if weights is None or str(weights) == RANDOM:
+            raise ConfigError(FROZEN_RANDOM)
+        if not isinstance(weights, (str, os.PathLike)):
+            raise ConfigError(f"vggstrix: weights must be 'imagenet' or a file path, got {weights!r}")
+        if str(weights).strip().lower() == "imagenet":
+            return "imagenet"
+        path = os.path.abspath(os.path.expanduser(os.fspath(weights)))
+        if not os.path.isfile(path):
+            raise ConfigError(f"vggstrix: weights file not found: {path}")
+        return path
 
     def _space(self, input_shape):
         top = max_extra_convs(input_shape)
@@ -190,7 +248,8 @@ class VGGStrix(ModelDef):
             base = keras.applications.VGG19(include_top=False, weights=weights_path,
                                             input_shape=(h, w, 3))
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"vggstrix: cannot load VGG19 weights from {weights_path}: {exc}") from None
+            raise ConfigError(f"vggstrix: cannot load VGG19 weights from {weights_path}: "
+                              f"{_one_line(exc)[:300]}") from None
         base.trainable = False
 
         inputs, x = image_stem(input_shape, p.params)

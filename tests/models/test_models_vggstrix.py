@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mongotune.errors import ConfigError
+from mongotune.models.vggstrix import RANDOM
 
 
 def _params():
@@ -23,7 +24,7 @@ def test_grayscale_input_is_adapted_and_the_base_is_frozen(zoo):
 
     vgg = get_model("vggstrix")
     params = _params()
-    model = vgg.build(params, (32, 32, 1), 10, weights=None)
+    model = vgg.build(params, (32, 32, 1), 10, weights=RANDOM)
     assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 32, 32, 1)
     assert tuple(model.get_layer("to_rgb").output.shape) == (None, 32, 32, 3)
     base = model.get_layer("vgg19")
@@ -65,7 +66,7 @@ def test_extra_conv_block_on_a_larger_input():
 
     vgg = get_model("vggstrix")
     params = {**_params(), "conv": {"num_blocks": 1, "block_size": 1}}
-    model = vgg.build(params, (96, 96, 3), 7)
+    model = vgg.build(params, (96, 96, 3), 7, weights=RANDOM)
     assert tuple(model.get_layer("vgg19").output.shape) == (None, 3, 3, 512)
     assert tuple(model.get_layer("extra1_conv1").output.shape) == (None, 1, 1, 512)
     assert tuple(model.output.shape) == (None, 7)
