@@ -37,5 +37,7 @@ def import_keras_quietly():
             import tensorflow
 
             tensorflow.config.list_physical_devices()  # probes CUDA now, quietly ("failed call to cuInit")
-        import mongotune.models  # noqa: F401
+        from mongotune.models import load_zoo
+
+        load_zoo()  # the model modules, and the custom layers they register
     return keras

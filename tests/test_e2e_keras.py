@@ -74,7 +74,9 @@ def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from mongotune import models as _models  # noqa: F401 - registers the custom layers
+    from mongotune.models import load_zoo
+
+    load_zoo()  # registers the custom layers
 
     report = json.loads((out / "classification_report.json").read_text())
     assert report["accuracy"] == pytest.approx(st["final"]["test_accuracy"])

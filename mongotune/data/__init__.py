@@ -21,7 +21,7 @@ from mongotune.errors import DataError
 
 from . import _cache
 from ._dataset import Dataset
-from ._spec import DATASETS, INTERPOLATIONS, DataSpec
+from ._spec import DATASETS, INTERPOLATIONS, NATIVE_SHAPES, DataSpec
 
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -33,10 +33,12 @@ __all__ = [
     "available_datasets",
     "clear_memo",
     "default_cache_dir",
+    "fetch",
     "inspect",
     "list_cached",
     "list_downloads",
     "load",
+    "native_shape",
     "prepare",
     "verify",
 ]
@@ -72,6 +74,30 @@ def prepare(spec: DataSpec, cache_dir: str | os.PathLike | None = None,
         if _cache.check_entry(path, spec, full=True, progress=progress) is None:
             return _cache.open_entry(path, spec)
     return _cache.build_locked(spec, root, seen=seen, force=force, progress=progress)
+
+
+def fetch(spec: DataSpec, cache_dir: str | os.PathLike | None = None,
+          progress: Progress | None = None) -> None:
+    """Make sure ``spec`` can be prepared here, without preparing it.
+
+    Nothing to do when its cache is already built; otherwise the source files
+    are downloaded (or, with ``source``, found and verified).  A launch calls
+    this before it writes a study, so that a missing download fails at once
+    with one line rather than in every trial.
+    """
+    if not isinstance(spec, DataSpec):
+        raise TypeError(f"fetch() needs a DataSpec, got {type(spec).__name__}")
+    root = _cache.resolve_cache_dir(cache_dir)
+    if _cache.check_entry(root / spec.cache_key(), spec, full=False) is None:
+        return
+    from ._sources import ensure_files
+
+    ensure_files(spec, root, progress)
+
+
+def native_shape(name: str) -> tuple[int, int, int] | None:
+    """(height, width, channels) of a named dataset's images; None where they vary (folder, npz)."""
+    return NATIVE_SHAPES.get(name)
 
 
 def load(spec: DataSpec, cache_dir: str | os.PathLike | None = None,

@@ -697,6 +697,32 @@ _LOADERS = {
 }
 
 
+def ensure_files(spec: DataSpec, cache_dir: Path, progress: Progress | None = None) -> None:
+    """Make sure the source files of ``spec`` are here and intact, without reading them.
+
+    Downloads what is missing (the same files, checks and lock as
+    :func:`load_raw`), verifies a ``--source`` folder's files against the
+    published checksums, and checks that a user source exists.  Nothing is
+    pinned: only a file that parses is (by :func:`load_raw`).
+    """
+    if spec.name == "digits":
+        return
+    if spec.name in ("folder", "npz"):
+        if not Path(spec.source).expanduser().exists():
+            raise DataError(f"{spec.name}: source path {Path(spec.source).expanduser()} does not exist")
+        return
+    pins = Pins(cache_dir)
+    if spec.name in CIFAR_LAYOUT and spec.source is not None:
+        src = Path(spec.source).expanduser()
+        if not src.exists():
+            raise DataError(f"{spec.name}: source path {src} does not exist")
+        if not (src / REMOTE[spec.name][0].filename).is_file() and not src.is_file() \
+                and _cifar_extracted_dir(spec) is not None:
+            _cifar_bytes(spec, cache_dir, pins, progress)  # checks every member's md5
+            return
+    _published_files(spec, cache_dir, pins, progress)
+
+
 def load_raw(spec: DataSpec, cache_dir: Path, progress: Progress | None = None) -> RawData:
     """Read (downloading if needed) the native-size images of ``spec``."""
     pins = Pins(cache_dir)

@@ -20,6 +20,14 @@ DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "folder",
 #: location is part of the cache key.
 USER_SOURCED = ("folder", "npz")
 INTERPOLATIONS = ("area", "linear", "cubic", "lanczos", "nearest")
+#: (height, width, channels) of the datasets whose images all have one size
+NATIVE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (8, 8, 1),
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "cifar100": (32, 32, 3),
+}
 LABEL_MODES = ("fine", "coarse")
 MAX_SIZE = 4096
 

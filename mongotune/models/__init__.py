@@ -6,31 +6,47 @@
 >>> model = model_def.build(params, (28, 28, 1), num_classes=10)
 
 Every model takes raw ``uint8`` images and rescales them itself, so an
-exported ``.keras`` file predicts on what the dataset stores.  Importing this
-package registers the custom layers, which ``keras.saving.load_model`` needs
-to read such a file back.
+exported ``.keras`` file predicts on what the dataset stores.
+
+Importing this package does not import Keras: the recipes
+(:mod:`mongotune.models.recipes`) are read without it.  The zoo (the model
+modules, which register the custom layers that ``keras.saving.load_model``
+needs to read a saved model back) loads on first use: :func:`get_model`,
+:func:`available_models`, any other name of this package, or
+:func:`load_zoo` explicitly.
 
 Models: ``baseline`` (MLP), ``convstrix`` (VGG-style CNN from scratch),
 ``vggstrix`` (frozen VGG19 + head), ``hyperresnet`` (architecture as
 hyper-parameters, optional fine/coarse heads).
 """
 
-from mongotune.models._common import make_optimizer
-from mongotune.models._registry import ModelDef, available_models, get_model, register
-from mongotune.models.augment import (
-    RandomApply,
-    augmentation_layers,
-    augmentation_space,
-    with_augmentation,
-)
-from mongotune.models.memory import estimate_memory
+from __future__ import annotations
 
-# importing the model modules registers them
-from mongotune.models import baseline as _baseline  # noqa: E402,F401
-from mongotune.models import convstrix as _convstrix  # noqa: E402,F401
-from mongotune.models import hyperresnet as _hyperresnet  # noqa: E402,F401
-from mongotune.models import vggstrix as _vggstrix  # noqa: E402,F401
-from mongotune.models.vggstrix import GrayscaleToRGB, VGGPreprocess  # noqa: E402
+import importlib
+
+from mongotune.models._registry import ModelDef, available_models, get_model, load_zoo, register
+
+#: names served lazily (their modules import Keras) -> module that holds them
+_LAZY = {
+    "make_optimizer": "mongotune.models._common",
+    "RandomApply": "mongotune.models.augment",
+    "augmentation_layers": "mongotune.models.augment",
+    "augmentation_space": "mongotune.models.augment",
+    "with_augmentation": "mongotune.models.augment",
+    "estimate_memory": "mongotune.models.memory",
+    "GrayscaleToRGB": "mongotune.models.vggstrix",
+    "VGGPreprocess": "mongotune.models.vggstrix",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        load_zoo()
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GrayscaleToRGB",
@@ -42,6 +58,7 @@ __all__ = [
     "available_models",
     "estimate_memory",
     "get_model",
+    "load_zoo",
     "make_optimizer",
     "register",
     "with_augmentation",

@@ -221,13 +221,27 @@ def register(model_def: ModelDef) -> ModelDef:
     return model_def
 
 
+_ZOO = ("baseline", "convstrix", "hyperresnet", "vggstrix")
+
+
+def load_zoo() -> None:
+    """Import the built-in model modules (Keras with them): they register
+    themselves and the custom layers saved models need."""
+    import importlib
+
+    for module in _ZOO:
+        importlib.import_module(f"mongotune.models.{module}")
+
+
 def available_models() -> list[str]:
     """Names of every registered model, sorted."""
+    load_zoo()
     return sorted(_REGISTRY)
 
 
 def get_model(name: str) -> ModelDef:
     """The model definition called ``name`` (case-insensitive)."""
+    load_zoo()
     key = name.strip().lower() if isinstance(name, str) else name
     try:
         return _REGISTRY[key]
