@@ -33,7 +33,7 @@ LEARNED = 0.5
 def trial(study, params: dict, tid: int, artifacts: Path) -> dict:
     from mongotune.errors import TrialFailure
     from mongotune.objectives import TrialContext
-    from mongotune.training import train_trial
+    from mongotune.objectives.keras_trial import train_trial
 
     ctx = TrialContext(tid=tid, attempt=0, artifacts_dir=None)
     t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def main() -> None:
     import_keras_quietly()
     from mongotune.data import DataSpec, load
     from mongotune.models import get_model
-    from mongotune.studies import Study, Training
+    from mongotune.store.studies import Study, Training
 
     spec = DataSpec("digits")
     shape = load(spec).input_shape

@@ -64,7 +64,7 @@ def _drive(url: str, name: str, workers: int, quiet: bool = False):
     return snap
 
 
-def _report_done(snap, name):
+def _report_done(snap, name, loss_kind: str = "neg_val_accuracy"):
     if snap.best_loss is None:
         out.print(f"study {name}: {snap.finished}/{snap.max_evals} trials finished; no successful trial yet")
         return
@@ -72,8 +72,11 @@ def _report_done(snap, name):
               f"({snap.counts['ok']} ok, {snap.counts['failed'] + snap.counts['error']} failed) "
               f"in {snap.elapsed_s:.1f}s")
     out.print(f"best loss {snap.best_loss:.5g} (trial {snap.best_tid})", highlight=False)
-    if snap.best_loss < 0:
-        out.print(f"best validation accuracy: [bold]{-snap.best_loss if snap.best_loss > -1.0001 else float('nan'):.4f}[/]")
+    if snap.best_loss < 0 and loss_kind in ("neg_val_accuracy", "neg_val_accuracy_squared"):
+        acc = -snap.best_loss if snap.best_loss > -1.0001 else float("nan")
+        if loss_kind == "neg_val_accuracy_squared":
+            acc = acc ** 0.5
+        out.print(f"best validation accuracy: [bold]{acc:.4f}[/]")
     out.print("best params: " + json.dumps(snap.best_params, default=str), highlight=False)
 
 
@@ -81,23 +84,32 @@ def _report_done(snap, name):
 def launch(
     model: str = typer.Argument(..., help="Model to tune: baseline, convstrix, vggstrix, hyperresnet."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: MODEL-DATASET)."),
-    dataset: str = typer.Option("digits", help="digits, fashion_mnist, mnist, cifar10, cifar100, folder, npz."),
-    max_evals: int = typer.Option(20, "--max-evals", help="Number of trials."),
+    dataset: Optional[str] = typer.Option(None, help="digits, fashion_mnist, mnist, cifar10, cifar100, folder, "
+                                          "npz (default: the model's recipe, see `mongotune recipes`)."),
+    max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Number of trials (default: the recipe's, "
+                                            "else 20)."),
     algo: str = typer.Option("tpe", help="tpe, rand or anneal."),
     mongo: Optional[str] = MongoOpt,
     workers: int = typer.Option(0, help="Start this many local worker processes for the study."),
     space: Optional[Path] = typer.Option(None, help="JSON search-space file (default: the model's own)."),
     augment: bool = typer.Option(False, "--augment", help="Also search online augmentation (flip, crop, "
                                  "rotation, translation, probability)."),
-    size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: native)."),
-    channels: Optional[int] = typer.Option(None, help="1 or 3 channels (default: native)."),
+    size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: the recipe's for its "
+                                       "dataset, else native, enlarged to what the model needs)."),
+    channels: Optional[int] = typer.Option(None, help="1 or 3 channels (default: the recipe's for its dataset, "
+                                           "else native, RGB where the model needs it)."),
+    interpolation: Optional[str] = typer.Option(None, help="Resizing: area, linear, cubic, lanczos, nearest "
+                                                "(default: the recipe's, else area)."),
     source: Optional[str] = typer.Option(None, help="Offline dataset path (directory or file)."),
-    val_fraction: float = typer.Option(0.1, help="Fraction of train held out for validation."),
-    epochs: int = typer.Option(50, help="Maximum epochs per trial."),
-    patience: int = typer.Option(5, help="Early-stopping patience (epochs)."),
-    loss: str = typer.Option("neg_val_accuracy", help="neg_val_accuracy, neg_val_accuracy_squared or val_loss."),
+    val_fraction: Optional[float] = typer.Option(None, help="Fraction of train held out for validation "
+                                                 "(default: the recipe's for its dataset, else 0.1)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs per trial (default: the recipe's)."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs (default: the recipe's)."),
+    loss: Optional[str] = typer.Option(None, help="neg_val_accuracy, neg_val_accuracy_squared or val_loss "
+                                       "(default: the recipe's)."),
     max_train_samples: Optional[int] = typer.Option(None, help="Train on at most this many samples per trial."),
-    weights: Optional[str] = typer.Option(None, help="vggstrix: 'imagenet' or a local .h5 path."),
+    weights: Optional[str] = typer.Option(None, help="vggstrix: 'imagenet' or a local VGG19 no-top .h5 path "
+                                          "(default: the recipe's, imagenet)."),
     artifacts: Optional[str] = typer.Option(None, help="Artifact root (default $MONGOTUNE_HOME/artifacts)."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision",
                                         help="auto (on with a GPU), on or off: mixed_float16 training."),
@@ -121,26 +133,48 @@ def launch(
     from ..store.studies import Study, Training
 
     with _user_errors():
+        given = {"dataset": dataset, "size": size, "channels": channels, "interpolation": interpolation,
+                 "val_fraction": val_fraction, "source": source, "seed": seed, "epochs": epochs,
+                 "patience": patience, "loss": loss, "weights": weights, "max_evals": max_evals}
         if objective == "keras":
             from .._quiet import import_keras_quietly
 
             import_keras_quietly()
-            from ..models import get_model
+            from ..models.recipes import check_launch_inputs, resolve_launch
+            from .data import _progress
 
-            get_model(model)
-        from ..data import DataSpec
+            settings = resolve_launch(model, given)
+            ds_dict, weights, max_evals = settings.dataset, settings.weights, settings.max_evals
+            epochs, patience, loss = settings.epochs, settings.patience, settings.loss
+        else:  # the pool's own objectives: no model, no recipe
+            from ..data import DataSpec
 
-        ds = DataSpec.from_dict({"name": dataset, "size": size, "channels": channels, "source": source,
-                                 "val_fraction": val_fraction, "seed": seed})
+            ds_dict = DataSpec.from_dict({k: v for k, v in given.items() if v is not None and k in
+                                          ("size", "channels", "interpolation", "val_fraction", "source", "seed")}
+                                         | {"name": dataset or "digits"}).to_dict()
+            max_evals = 20 if max_evals is None else max_evals
+            epochs = 50 if epochs is None else epochs
+            patience = 5 if patience is None else patience
+            loss = loss or "neg_val_accuracy"
+        dataset = ds_dict["name"]
         training = Training(epochs=epochs, patience=patience, loss=loss, max_train_samples=max_train_samples,
                             weights=weights, artifacts=artifacts or str(paths.artifacts_dir()), seed=seed,
                             mixed_precision=mixed_precision, xla=xla)
-        st = Study(name=study or f"{model}-{dataset}", model=model, dataset=ds.to_dict(), max_evals=max_evals,
+        st = Study(name=study or f"{model}-{dataset}", model=model, dataset=ds_dict, max_evals=max_evals,
                    algo=algo, space=load_space_file(space) if space else None, objective=objective, augment=augment,
                    training=training, lease_s=lease, max_attempts=max_attempts, queue_spare=queue_spare,
                    startup_trials=startup_trials, seed=seed,
                    options=json.loads(options) if options else {})
         st.validate()
+        if mongo:
+            from ..store import parse_mongo_url
+
+            parse_mongo_url(mongo)  # a bad URL fails before anything is downloaded
+        if objective == "keras":
+            with _progress() as progress:  # the data and the weights are here, or one error line
+                check_launch_inputs(settings, progress=progress)
+            for notice in settings.notices:
+                err.print(f"note: {notice}", highlight=False, soft_wrap=True)
         with _mongo(mongo) as url:
             coord = Coordinator(url)
             coord.create(st)
@@ -148,7 +182,7 @@ def launch(
             out.print(f"study [bold]{st.name}[/] created on {_redacted(url)}: {model} on {dataset}, "
                       f"{max_evals} trials, {algo}", highlight=False)
             snap = _drive(url, st.name, workers, quiet)
-        _report_done(snap, st.name)
+        _report_done(snap, st.name, st.training.loss)
 
 
 def _redacted(url: str) -> str:
@@ -175,7 +209,7 @@ def resume(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
             coord.studies.update(name, max_evals=max_evals)
         coord.close()
         snap = _drive(url, name, workers, quiet)
-        _report_done(snap, st.name)
+        _report_done(snap, st.name, st.training.loss)
 
 
 # ---------------------------------------------------------------- inspection

@@ -215,7 +215,8 @@ def _int_option(name: str, value: Any, low: int) -> int:
         if isinstance(value, float) and value.is_integer() and value >= low:
             return int(value)
         flag = "--" + name.replace("_", "-")
-        raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ConfigError(f"{flag} must be {what}, got {value!r}")
     return value
 
 

@@ -173,9 +173,13 @@ def conv_params(p) -> tuple[int, int]:
 
 def check_weights_file(path: str, input_shape=(32, 32, 3)) -> None:
     """Load ``path`` into a VGG19 base: ConfigError (one line) when it does not fit."""
+    import warnings
+
     h, w = input_shape[:2]
     try:
-        keras.applications.VGG19(include_top=False, weights=path, input_shape=(h, w, 3))
+        with warnings.catch_warnings():  # Keras warns per layer it skips before it raises
+            warnings.simplefilter("ignore")
+            keras.applications.VGG19(include_top=False, weights=path, input_shape=(h, w, 3))
     except Exception as exc:  # wrong layer count or shapes, not HDF5, truncated ...
         raise ConfigError(
             f"vggstrix: {path} does not hold VGG19 no-top weights ({_one_line(exc)[:300]}); "

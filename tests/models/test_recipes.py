@@ -173,7 +173,7 @@ def test_unknown_or_bad_options_are_config_errors():
         resolve_launch("baseline", {"epoch": 3})
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         resolve_launch("nope", {})
-    with pytest.raises(ConfigError, match="--max-evals must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="--max-evals must be a positive integer"):
         resolve_launch("baseline", {"max_evals": 0})
     with pytest.raises(ConfigError, match="unknown loss"):
         resolve_launch("baseline", {"loss": "accuracy"})
@@ -248,8 +248,8 @@ def _vgg19_weights(tmp_path: Path) -> Path:
 
 def _one_trial(settings, model: str) -> dict:
     from mongotune.objectives import TrialContext
-    from mongotune.studies import Study, Training
-    from mongotune.training import train_trial
+    from mongotune.objectives.keras_trial import train_trial
+    from mongotune.store.studies import Study, Training
 
     study = Study(name=f"recipe-{model}", model=model, dataset=settings.dataset, max_evals=1,
                   training=Training(epochs=settings.epochs, patience=settings.patience, loss=settings.loss,

@@ -4,7 +4,6 @@
     mongotune recipes vggstrix                 one recipe: its settings, where they come from
     mongotune recipes vggstrix dataset=digits  what `launch vggstrix --dataset digits` would run
 
-Mounted on the main app as the ``recipes`` command (see ``register``).
 """
 
 from __future__ import annotations
@@ -15,10 +14,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ConfigError, UserError
+from ..errors import ConfigError
+from ._common import _user_errors, app, err
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+def _out() -> Console:
+    """stdout; wide when it is not a terminal, so that piped tables are not squeezed."""
+    console = Console(soft_wrap=True)
+    return console if console.is_terminal else Console(soft_wrap=True, width=160)
+
+
+out = _out()
 
 _INT_OPTIONS = ("size", "channels", "seed", "epochs", "patience", "max_evals")
 _FLOAT_OPTIONS = ("val_fraction",)
@@ -26,7 +32,7 @@ _FLOAT_OPTIONS = ("val_fraction",)
 
 def _parse_options(pairs: list[str]) -> dict:
     """``["dataset=digits", "size=32"]`` -> ``{"dataset": "digits", "size": 32}``."""
-    from .models.recipes import OPTIONS
+    from ..models.recipes import OPTIONS
 
     options: dict = {}
     for pair in pairs:
@@ -50,7 +56,7 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def _table_of_recipes() -> Table:
-    from .models.recipes import RECIPES, describe
+    from ..models.recipes import RECIPES, describe
 
     t = Table(title="recipes: `mongotune launch MODEL` runs the seed's experiment; any option overrides its part",
               show_lines=True)
@@ -69,11 +75,11 @@ def _table_of_recipes() -> Table:
 
 
 def _show_one(model: str, options: dict) -> None:
-    from .models.recipes import describe, get_recipe, resolve_launch
+    from ..models.recipes import describe, get_recipe, resolve_launch
 
     recipe = get_recipe(model)
     if recipe is None:
-        from .models.recipes import available_recipes
+        from ..models.recipes import available_recipes
 
         raise ConfigError(f"no recipe for {model!r}; recipes: {', '.join(available_recipes())}")
     d = describe(recipe)
@@ -87,12 +93,12 @@ def _show_one(model: str, options: dict) -> None:
         for note in recipe.notes:
             out.print(f"  - {note}", highlight=False)
     if options:
-        from ._quiet import import_keras_quietly
+        from .._quiet import import_keras_quietly
 
         import_keras_quietly()
         settings = resolve_launch(recipe.model, options)
         for notice in settings.notices:
-            err.print(f"note: {notice}", highlight=False)
+            err.print(f"note: {notice}", highlight=False, soft_wrap=True)
         ds = settings.dataset
         out.print(f"with {' '.join(f'{k}={v}' for k, v in options.items())}, launch would run:", highlight=False)
         size = "native" if ds["size"] is None else f"{ds['size']}x{ds['size']}"
@@ -108,14 +114,15 @@ def _show_one(model: str, options: dict) -> None:
             out.print(f"  {key:12s} {value}", highlight=False)
 
 
+@app.command()
 def recipes(
     model: Optional[str] = typer.Argument(None, help="Show one model's recipe."),
     options: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
                                                   help="Launch options to resolve against the recipe "
                                                        "(dataset=digits size=32 ...)."),
 ):
-    """The recipes: the seed experiment `mongotune launch MODEL` runs by default, and its reported accuracy."""
-    try:
+    """The seed experiment `mongotune launch MODEL` runs by default, and the accuracy the seed reported."""
+    with _user_errors():
         parsed = _parse_options(options or [])
         if model is None:
             if parsed:
@@ -125,11 +132,3 @@ def recipes(
                       "`mongotune recipes MODEL KEY=VALUE ...` what a launch with those options runs.")
             return
         _show_one(model, parsed)
-    except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``recipes`` command to ``app``."""
-    app.command("recipes")(recipes)
