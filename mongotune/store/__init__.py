@@ -2,25 +2,43 @@
 
 ``MongoJobs``, ``MongoTrials`` and ``MongoWorker`` are drop-in replacements
 for the classes of ``hyperopt.mongoexp`` (which call APIs pymongo 4 removed).
+
+The names below are imported on first use, so that a module of this package
+that needs neither hyperopt nor pymongo (the embedded server, the URL helpers)
+does not pay for them.
 """
 
-from ._codec import decode, encode
-from ._connection import RetryPolicy, open_client
-from ._hyperopt_worker import (
-    MongoCtrl,
-    MongoWorker,
-    PickleRefused,
-    ReserveTimeout,
-    Shutdown,
-    WaitQuit,
-    main_worker_helper,
-)
-from ._jobs import MongoJobs, OperationFailure, utcnow
-from ._trials import MongoTrials
-from ._url import MongoURL, as_mongo_str, parse_mongo_url, parse_url, redact
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "decode": "._codec", "encode": "._codec",
+    "RetryPolicy": "._connection", "open_client": "._connection",
+    "MongoCtrl": "._hyperopt_worker", "MongoWorker": "._hyperopt_worker", "PickleRefused": "._hyperopt_worker",
+    "ReserveTimeout": "._hyperopt_worker", "Shutdown": "._hyperopt_worker", "WaitQuit": "._hyperopt_worker",
+    "main_worker_helper": "._hyperopt_worker",
+    "MongoJobs": "._jobs", "OperationFailure": "._jobs", "utcnow": "._jobs",
+    "MongoTrials": "._trials",
+    "MongoURL": "._url", "as_mongo_str": "._url", "parse_mongo_url": "._url", "parse_url": "._url",
+    "redact": "._url",
+}
 
 __all__ = [
     "MongoJobs", "MongoTrials", "MongoWorker", "MongoCtrl", "ReserveTimeout", "Shutdown", "WaitQuit",
     "OperationFailure", "PickleRefused", "main_worker_helper", "parse_url", "parse_mongo_url", "as_mongo_str",
     "redact", "MongoURL", "open_client", "RetryPolicy", "encode", "decode", "utcnow",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
