@@ -57,6 +57,19 @@ def mongo_url(mongo_server):
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
-    """Keep every test's mongotune state (artifacts, logs, embedded db) in tmp."""
-    monkeypatch.setenv("MONGOTUNE_HOME", str(tmp_path / "mongotune-home"))
+    """Keep every test's mongotune state (artifacts, logs, embedded db) in tmp.
+
+    A command run without --mongo starts a background embedded server in that
+    home (on any free port, never 27117); it is stopped when the test ends, and
+    stops itself after 5 idle minutes should that fail.
+    """
+    home = tmp_path / "mongotune-home"
+    monkeypatch.setenv("MONGOTUNE_HOME", str(home))
     monkeypatch.setenv("MONGOTUNE_DATA_DIR", str(tmp_path / "data-cache"))
+    monkeypatch.setenv("MONGOTUNE_SERVER_PORT", "0")
+    monkeypatch.setenv("MONGOTUNE_SERVER_IDLE", "300")
+    yield
+    if (home / "db" / "server.lock").exists():
+        from mongotune.store.local_server import stop_server
+
+        stop_server(home / "db", force=True)

@@ -35,17 +35,15 @@ def _fail(exc: UserError):
 
 @contextlib.contextmanager
 def _mongo(url: str | None):
-    """Yield a usable URL: the one given, or the shared embedded server's."""
+    """Yield a usable URL: the one given, or the per-user embedded server's (started if needed, kept up
+    while the command runs, never stopped by it)."""
     if url:
         yield url
         return
-    from ..store.embedded import ensure_embedded
+    from ..store.local_server import embedded_session
 
-    server = ensure_embedded()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with embedded_session() as embedded_url:
+        yield embedded_url
 
 
 @contextlib.contextmanager
