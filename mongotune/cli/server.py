@@ -129,7 +129,7 @@ def status(dbpath: Optional[Path] = DbpathOpt,
            as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts.")):
     """Where the server is, since when, how big its database is, and who is connected."""
     with _user_errors():
-        from ..store.local_server import server_status
+        from ..store.local_server import is_loopback, server_status
 
         st = server_status(dbpath)
     info = st.info
@@ -150,7 +150,10 @@ def status(dbpath: Optional[Path] = DbpathOpt,
                   f"the next command without --mongo starts one", highlight=False)
         return
     out.print(f"embedded server [bold]running[/] ({info.mode}, pid {info.pid})", highlight=False)
-    rows = [("url", info.url), ("database", f"{info.dbpath} ({size} on disk)")]
+    rows = [("url", info.url), ("listening", f"{info.host}:{info.port}"
+                                 + ("" if is_loopback(info.host) else " (no authentication: reachable from "
+                                                                       "other hosts)")),
+            ("database", f"{info.dbpath} ({size} on disk)")]
     if info.started_at:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started_at))
         rows.append(("since", f"{since} (up {_duration(time.time() - info.started_at)})"))

@@ -326,20 +326,28 @@ def _short_command(cmdline: list[str]) -> str:
 
 
 def connected_clients(info: ServerInfo) -> list[Client] | None:
-    """The processes connected to the server, from the kernel's socket tables (None if unreadable)."""
+    """The processes connected to the server, from the kernel's socket tables (None if unreadable).
+
+    The server's own sockets give the peers; the system-wide table maps a local peer to its process
+    (where it cannot be read, e.g. on macOS without root, peers are listed by address only).
+    """
     import psutil
 
     try:
-        conns = psutil.net_connections(kind="tcp")
-    except (psutil.AccessDenied, OSError):
+        proc = psutil.Process(info.pid)
+        mine = (proc.net_connections if hasattr(proc, "net_connections") else proc.connections)(kind="tcp")
+    except (psutil.Error, OSError):
         return None
-    server_side = [c for c in conns if c.pid == info.pid and c.status == psutil.CONN_ESTABLISHED
-                   and c.laddr and c.laddr.port == info.port and c.raddr]
-    peers = {(c.raddr.ip, c.raddr.port) for c in server_side}
+    peers = {(c.raddr.ip, c.raddr.port) for c in mine
+             if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == info.port and c.raddr}
     owners: dict[tuple, int | None] = {}
-    for c in conns:
-        if c.laddr and (c.laddr.ip, c.laddr.port) in peers and c.pid != info.pid:
-            owners[(c.laddr.ip, c.laddr.port)] = c.pid
+    if peers:
+        try:
+            for c in psutil.net_connections(kind="tcp"):
+                if c.laddr and (c.laddr.ip, c.laddr.port) in peers and c.pid != info.pid:
+                    owners[(c.laddr.ip, c.laddr.port)] = c.pid
+        except (psutil.Error, OSError):
+            pass
     by_pid: dict[int | None, Client] = {}
     for peer in sorted(peers, key=lambda p: (str(owners.get(p)), p)):
         pid = owners.get(peer)
@@ -385,7 +393,10 @@ def stop_server(dbpath: str | Path | None = None, *, force: bool = False, timeou
         else:
             info = ServerInfo.from_state(state, dbpath)  # holds the lock but does not answer: stop it anyway
     if not force:
-        clients = connected_clients(info) or []
+        clients = connected_clients(info)
+        if clients is None:
+            raise ServerInUse(f"cannot tell who is connected to the embedded server (pid {info.pid}); "
+                              f"use --force to stop it anyway")
         if clients:
             who = ", ".join(f"pid {c.pid} ({c.command})" if c.pid else f"{c.addresses[0]}" for c in clients[:3])
             more = f" and {len(clients) - 3} more" if len(clients) > 3 else ""
