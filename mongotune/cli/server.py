@@ -16,8 +16,8 @@ import typer
 
 from ._common import _setup_logging, _user_errors, app, err, out
 
-server_app = typer.Typer(help="The embedded MongoDB-compatible server (mongoeco over SQLite): run it in the "
-                              "foreground, or start, stop and look at the background one.")
+server_app = typer.Typer(help="The embedded MongoDB-compatible server: start, stop, status, or run it in the "
+                              "foreground.")
 app.add_typer(server_app, name="server")
 
 DbpathOpt = typer.Option(None, "--dbpath", help="Database directory (default $MONGOTUNE_HOME/db).")
