@@ -1,0 +1,120 @@
+"""The dashboard's web app: Starlette routes over ``Dashboard`` (``state.py``), served by uvicorn.
+
+Routes (all GET; the app has no route that takes a body):
+
+* ``/`` and ``/study/{name}``: the page (one HTML shell; ``dashboard.js`` draws it);
+* ``/api/studies``: every study with its counts and best trial, and the workers;
+* ``/api/study/{name}?since=G``: what changed after generation G (everything without ``since``);
+* ``/static/plotly.min.js`` (from the installed ``plotly`` package) and ``/static/dashboard.js``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import StudyNotFound
+from ..report.html import STYLE, plotly_js
+from .readonly import ReadOnlyDatabase
+from .state import Dashboard, dumps
+
+log = logging.getLogger("mongotune.dashboard")
+STATIC = Path(__file__).with_name("static")
+
+
+def _page(title: str, poll_ms: int) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><style>{STYLE}
+header nav a {{ margin-right:14px; }} #status {{ float:right; color:#b9c5d3; font-size:12px; }}
+#status.stale {{ color:#ffb4a8; }} .studies td a {{ font-weight:600; }} h2 .count {{ color:var(--muted); font-weight:400; }}
+</style>
+<script src="/static/plotly.min.js"></script></head>
+<body><header><span id="status">connecting…</span><h1 id="title">mongotune</h1>
+<div class="sub" id="subtitle"><a href="/">all studies</a></div></header>
+<main id="app"></main>
+<script>window.MT_POLL_MS = {int(poll_ms)};</script>
+<script src="/static/dashboard.js"></script></body></html>"""
+
+
+def create_app(db, *, jobs: str = "jobs", poll_ms: int = 1000, warm: bool = True) -> Starlette:
+    """The dashboard over ``db`` (a pymongo ``Database``; it is wrapped read-only here)."""
+    dash = Dashboard(ReadOnlyDatabase(db), jobs=jobs)
+    boot = uuid.uuid4().hex[:8]
+    js = (STATIC / "dashboard.js").read_text()
+    state = {"plotly": None}
+
+    def page(request: Request) -> HTMLResponse:
+        name = request.path_params.get("name")
+        return HTMLResponse(_page(f"{name} · mongotune" if name else "mongotune dashboard", poll_ms))
+
+    def static_plotly(request: Request) -> Response:
+        if state["plotly"] is None:
+            state["plotly"] = plotly_js().encode()
+        return Response(state["plotly"], media_type="application/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+    def static_js(request: Request) -> Response:
+        return Response(js, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
+
+    def api_studies(request: Request) -> Response:
+        data = dash.studies()
+        data["boot"] = boot
+        return Response(dumps(data), media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    def api_study(request: Request) -> Response:
+        name = request.path_params["name"]
+        since = request.query_params.get("since")
+        try:
+            since_gen = int(since) if since not in (None, "") else None
+        except ValueError:
+            return JSONResponse({"error": f"since must be an integer, got {since!r}"}, status_code=400)
+        view = dash.view(name)
+        try:
+            view.refresh()
+        except StudyNotFound as exc:
+            with dash.lock:
+                dash.views.pop(name, None)
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        body = view.payload(since_gen)
+        body = body[:-1] + f',"boot":"{boot}"}}'
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if warm:
+            threading.Thread(target=_warm, args=(dash,), name="dashboard-warm", daemon=True).start()
+        yield
+
+    routes = [Route("/", page), Route("/study/{name}", page), Route("/api/studies", api_studies),
+              Route("/api/study/{name}", api_study), Route("/static/plotly.min.js", static_plotly),
+              Route("/static/dashboard.js", static_js),
+              Route("/favicon.ico", lambda request: Response(status_code=204))]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.dashboard = dash
+    return app
+
+
+def _warm(dash: Dashboard) -> None:
+    try:
+        dash.warm()
+    except Exception as exc:  # noqa: BLE001 - warming is an optimisation; requests read on demand
+        log.warning("could not pre-read the studies: %s", exc)
+
+
+def serve(db, sock: socket.socket, *, jobs: str = "jobs", poll_ms: int = 1000) -> None:
+    """Serve the dashboard for ``db`` on the bound socket ``sock`` until interrupted (blocking)."""
+    import uvicorn
+
+    app = create_app(db, jobs=jobs, poll_ms=poll_ms)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
