@@ -133,7 +133,7 @@ def params_table(info: StudyInfo, rows: list[TrialRow]) -> tuple[list[Param], di
         if not present:
             continue
         distinct = {_cat(v) for v in present}
-        if len(distinct) == 1 and len(present) == len(raw):
+        if len(distinct) == 1 and len(present) == len(raw) and len(raw) > 1:
             constants[name] = present[0]
             continue
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present) and \
