@@ -132,8 +132,9 @@ def worker_docs(docs: list[dict], now: datetime.datetime) -> list[dict]:
             continue
         cur = {"study": d["study"], "tid": d["tid"]} if d["state"] == 1 else None
         prev = out.get(w["id"])
+        done = (prev or {}).get("trials_done", 0) + (1 if d["state"] == 2 else 0)
         out[w["id"]] = {"_id": w["id"], "host": w["host"], "pid": w["pid"], "gpu": w["gpu"], "study": None,
                         "status": "running" if cur else (prev or {}).get("status", "idle"),
-                        "current": cur or (prev or {}).get("current"), "trials_done": 0,
+                        "current": cur or (prev or {}).get("current"), "trials_done": done,
                         "started": now, "heartbeat": now}
     return list(out.values())

@@ -8,7 +8,8 @@
   var app = document.getElementById('app');
   var statusEl = document.getElementById('status');
   var MT = window.mtState = { gen: 0, boot: null, rows: new Map(), updates: 0, lastUpdateMs: null,
-                              lastFetchMs: null, lastRenderMs: null, firstRenderMs: null, errors: 0 };
+                              lastFetchMs: null, lastRenderMs: null, firstRenderMs: null, errors: 0,
+                              rowUpdates: 0, lastRowsUpdateMs: null };
 
   function esc(v) {
     return String(v === null || v === undefined ? '' : v).replace(/[&<>"']/g, function (c) {
@@ -100,6 +101,7 @@
           return apply(p).then(function () {
             var t2 = performance.now();
             MT.lastFetchMs = t1 - t0; MT.lastRenderMs = t2 - t1; MT.lastUpdateMs = t2 - t0; MT.updates++;
+            if (!p.full && p.trials.length) { MT.rowUpdates++; MT.lastRowsUpdateMs = t2 - t0; }
             if (MT.firstRenderMs === null) MT.firstRenderMs = t2;
             setStatus('generation ' + p.gen + ' · updated ' + new Date().toLocaleTimeString() + ' · ' + Math.round(t2 - t0) + ' ms', false);
           });
