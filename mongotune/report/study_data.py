@@ -19,6 +19,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from ..store.trialdoc import server_now  # noqa: F401  (re-exported: the report and dashboard judge ages on it)
+
 STATES = ("queued", "running", "ok", "failed", "pruned")
 TERMINAL = ("ok", "failed", "pruned")
 
@@ -31,10 +33,6 @@ TRIAL_FIELDS = ("tid", "state", "params", "result.status", "result.loss", "resul
                 "result.epoch_seconds", "result.val_accuracy", "result.val_loss", "result.metric",
                 "result.epochs", "result.best_epoch", "result.x", "curve", "worker", "book_time",
                 "refresh_time", "finished", "attempts", "progress", "last_output", "version", "duration_s")
-
-#: a worker whose own heartbeat is older than this is shown as lost
-WORKER_LIVE_S = 20.0
-
 
 @dataclass
 class StudyInfo:
@@ -106,6 +104,10 @@ def metric_of(study_doc: dict) -> tuple[str, str]:
         return str(m["name"]), ("max" if m.get("goal") == "max" else "min")
     if isinstance(m, str) and m:
         return m, ("max" if "acc" in m else "min")
+    for key in ("objective_settings", "options"):  # a command study's settings name its metric and goal
+        settings = study_doc.get(key)
+        if isinstance(settings, dict) and isinstance(settings.get("metric"), str) and settings["metric"]:
+            return settings["metric"], ("min" if settings.get("goal") == "min" else "max")
     if study_doc.get("objective", "keras") == "keras":
         loss = (study_doc.get("training") or {}).get("loss", "neg_val_accuracy")
         return ("val_loss", "min") if loss == "val_loss" else ("val_accuracy", "max")
@@ -228,17 +230,6 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- loaders
-def server_now(db) -> datetime.datetime:
-    """The database server's clock (naive UTC): heartbeat ages are judged on it."""
-    try:
-        t = db.client.admin.command("hello").get("localTime")
-    except Exception:  # noqa: BLE001 - a server that does not say
-        t = None
-    if isinstance(t, datetime.datetime):
-        return t.replace(tzinfo=None)
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-
-
 def get_study(db, name: str) -> StudyInfo:
     from ..errors import StudyNotFound
 
@@ -272,6 +263,8 @@ def list_study_infos(db) -> list[StudyInfo]:
 
 def load_workers(db, now: datetime.datetime | None = None, *, include_gone_s: float = 300.0) -> list[dict]:
     """Workers seen in the last ``include_gone_s`` seconds, with their state (idle, running, lost, stopped)."""
+    from ..pool.coordinator import WORKER_LIVE_S
+
     now = now or server_now(db)
     cutoff = now - datetime.timedelta(seconds=include_gone_s)
     rows = []

@@ -61,7 +61,7 @@ def watch_errors(page) -> PageErrors:
 
 
 def synthetic_study(name, max_evals, *, space=SPACE, **options):
-    from mongotune.studies import Study
+    from mongotune.store.studies import Study
 
     return Study(name=name, model="synthetic", dataset={"name": "digits"}, max_evals=max_evals,
                  objective="synthetic", options=options, space=space, algo="rand")
@@ -74,7 +74,7 @@ def edge_studies(mongo_server, tmp_path_factory):
     ``empty`` (no trial at all), ``one`` (a single trial), ``failed`` (every trial fails),
     ``mixed`` (categorical, boolean, log-scaled and nested parameters; one failure).
     """
-    from mongotune.coordinator import Coordinator
+    from mongotune.pool.coordinator import Coordinator
 
     url = f"{mongo_server.base}/edge_{uuid.uuid4().hex[:10]}{getattr(mongo_server, 'query', '')}"
     logs = tmp_path_factory.mktemp("edge-logs")

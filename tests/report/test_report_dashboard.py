@@ -89,7 +89,7 @@ def _open_offline(browser, path):
 
 def test_report_from_file_with_the_network_off_renders_every_chart(edge_studies, browser, tmp_path):
     out = tmp_path / "mixed.html"
-    r = run_cli_report("report", "mixed", "--out", out, "--mongo", edge_studies)
+    r = run_cli("report", "mixed", "--out", out, "--mongo", edge_studies)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"wrote {out}" in r.stdout
     text = out.read_text()
@@ -111,17 +111,6 @@ def test_report_from_file_with_the_network_off_renders_every_chart(edge_studies,
         assert errors == [] and blocked == []
     finally:
         ctx.close()
-
-
-def run_cli_report(*args, **kw):
-    """``python -m mongotune.cli_report ARGS`` (the lead registers the same functions in the main CLI)."""
-    import subprocess
-    import sys
-
-    from helpers import env
-
-    return subprocess.run([sys.executable, "-m", "mongotune.cli_report", *map(str, args)], capture_output=True,
-                          text=True, timeout=kw.pop("timeout", 300), env=env(**kw), stdin=subprocess.DEVNULL)
 
 
 def test_corner_case_studies_render_without_errors_in_report_and_dashboard(edge_studies, browser, tmp_path,
@@ -165,7 +154,7 @@ def test_corner_case_studies_render_without_errors_in_report_and_dashboard(edge_
 
 
 def test_dashboard_follows_a_running_study_without_a_reload(mongo_url, browser, tmp_path, live_dashboard):
-    from mongotune.coordinator import Coordinator
+    from mongotune.pool.coordinator import Coordinator
 
     coord = Coordinator(mongo_url)
     coord.create(synthetic_study("live", 14, sleep_s=2.5, raise_on_tids=[3]))
@@ -226,18 +215,18 @@ def test_dashboard_follows_a_running_study_without_a_reload(mongo_url, browser, 
 
 
 def test_report_cli_writes_pngs_and_refuses_bad_input(edge_studies, tmp_path):
-    r = run_cli_report("report", "one", "--out", tmp_path / "one.html", "--png", tmp_path / "png",
+    r = run_cli("report", "one", "--out", tmp_path / "one.html", "--png", tmp_path / "png",
                        "--mongo", edge_studies)
     assert r.returncode == 0, r.stdout + r.stderr
     pngs = sorted(p.name for p in (tmp_path / "png").iterdir())
     assert pngs == ["curves.png", "history.png", "importance.png", "parallel.png", "slices.png", "timeline.png"]
     for p in (tmp_path / "png").iterdir():
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
-    r = run_cli_report("report", "nosuch", "--mongo", edge_studies)
+    r = run_cli("report", "nosuch", "--mongo", edge_studies)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: no study named 'nosuch'"), r.stderr
-    r = run_cli_report("report", "one", "--out", tmp_path / "missing-dir" / "x.html", "--mongo", edge_studies)
+    r = run_cli("report", "one", "--out", tmp_path / "missing-dir" / "x.html", "--mongo", edge_studies)
     assert r.returncode == 2 and "does not exist" in r.stderr
-    r = run_cli_report("dashboard", "--port", "99999", "--mongo", edge_studies)
+    r = run_cli("dashboard", "--port", "99999", "--mongo", edge_studies)
     assert r.returncode == 2 and r.stderr.strip() == "error: --port must be between 0 and 65535, got 99999"
 
 

@@ -1,9 +1,7 @@
-"""``mongotune report`` and ``mongotune dashboard``: thin Typer commands over ``report.html`` and ``dashboard``.
+"""``mongotune report`` and ``mongotune dashboard``: thin commands over ``report.html`` and ``dashboard``.
 
-The main CLI registers them with ``register(app)``; ``python -m mongotune.cli_report``
-runs them on their own.  Input (the study name, the output paths, the
-address to listen on) is checked before the database is opened or an
-embedded server is started.
+Input (the study name, the output paths, the address to listen on) is
+checked before the database is opened or an embedded server is started.
 """
 
 from __future__ import annotations
@@ -14,19 +12,12 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ._common import MONGO_HELP, _mongo, _user_errors, app, err, out
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-MONGO_HELP = ("MongoDB URL (mongodb://user:pw@host:port/db or mongo://host:port/db/jobs). "
-              "Default: $MONGOTUNE_MONGO, else the embedded server on $MONGOTUNE_HOME/db.")
 
-
-def _cli():
-    from . import cli  # the shared helpers: consoles, error printing, the embedded default
-
-    return cli
-
-
+@app.command()
 def report(study: str = typer.Argument(..., help="Study name."),
            out_file: Optional[Path] = typer.Option(None, "--out", help="HTML file to write "
                                                     "(default: STUDY-report.html in the current directory)."),
@@ -34,8 +25,7 @@ def report(study: str = typer.Argument(..., help="Study name."),
                                               "(drawn by kaleido with the system's Chromium)."),
            mongo: Optional[str] = typer.Option(None, "--mongo", help=MONGO_HELP, envvar="MONGOTUNE_MONGO")):
     """Write a study's charts into one self-contained HTML file that opens offline."""
-    cli = _cli()
-    with cli._user_errors():
+    with _user_errors():
         if not _NAME.match(study):
             raise ConfigError(f"bad study name {study!r}: use letters, digits, '-', '_', '.' (max 100)")
         path = out_file or Path(f"{study}-report.html")
@@ -45,60 +35,47 @@ def report(study: str = typer.Argument(..., help="Study name."),
             raise ConfigError(f"--out {path}: folder {path.parent} does not exist")
         if png is not None and png.exists() and not png.is_dir():
             raise ConfigError(f"--png {png} is a file; give a folder")
-        with cli._mongo(mongo) as url:
-            from .report.html import write_report
-            from .store import open_client
+        with _mongo(mongo) as url:
+            from ..report.html import write_report
+            from ..store import open_client
 
             client, db, parsed = open_client(url)
             try:
                 files = write_report(db, study, path, png, jobs=parsed.collection)
             finally:
                 client.close()
-    cli.out.print(f"wrote {files.html} ({files.bytes / 1e6:.1f} MB, {files.trials} trials; opens offline)",
+    out.print(f"wrote {files.html} ({files.bytes / 1e6:.1f} MB, {files.trials} trials; opens offline)",
                   highlight=False)
     for p in files.pngs:
-        cli.out.print(f"wrote {p}", highlight=False)
+        out.print(f"wrote {p}", highlight=False)
 
 
+@app.command()
 def dashboard(host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback by default)."),
               port: int = typer.Option(8080, "--port", help="TCP port."),
               mongo: Optional[str] = typer.Option(None, "--mongo", help=MONGO_HELP, envvar="MONGOTUNE_MONGO"),
               poll: float = typer.Option(1.0, "--poll", help="Seconds between the page's updates.")):
     """Serve a live, read-only web dashboard of the studies, their trials and the workers."""
-    cli = _cli()
-    with cli._user_errors():
-        from .dashboard.net import bind, is_loopback
+    with _user_errors():
+        from ..dashboard.net import bind, is_loopback
 
         if not 0.2 <= poll <= 60:
             raise ConfigError(f"--poll must be between 0.2 and 60 seconds, got {poll}")
         sock = bind(host, port)
         if not is_loopback(host):
-            cli.err.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can read "
+            err.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can read "
                           "every study (the dashboard has no login); use --host 127.0.0.1 and an SSH tunnel "
                           "unless the network is trusted", highlight=False)
-        with cli._mongo(mongo) as url:
-            from .dashboard.app import serve
-            from .store import open_client, redact
+        with _mongo(mongo) as url:
+            from ..dashboard.app import serve
+            from ..store import open_client, redact
 
             client, db, parsed = open_client(url)
             shown = f"[{host}]" if ":" in host else host
-            cli.out.print(f"dashboard on http://{shown}:{sock.getsockname()[1]}/ reading {redact(url)} "
+            out.print(f"dashboard on http://{shown}:{sock.getsockname()[1]}/ reading {redact(url)} "
                           "(read-only; Ctrl-C to stop)", highlight=False)
             try:
                 serve(db, sock, jobs=parsed.collection, poll_ms=int(poll * 1000))
             finally:
                 client.close()
                 sock.close()
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``report`` and ``dashboard`` to the main CLI."""
-    app.command("report")(report)
-    app.command("dashboard")(dashboard)
-
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="mongotune report and dashboard.")
-register(app)
-
-if __name__ == "__main__":
-    app()
