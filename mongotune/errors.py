@@ -51,13 +51,17 @@ class TrialFailure(MongotuneError):
         self.reason = reason
 
 
-class TrialPruned(MongotuneError):
-    """The study's pruner stopped a trial early at ``step`` with the metric at ``value``.
 
-    Not a failure: the worker records the trial as pruned with its last reading.
+class TrialPruned(MongotuneError):
+    """The pruner stopped a trial at ``step`` (its metric then read ``value``).
+
+    Objectives raise it when ``ctx.report_step`` says stop; the worker records
+    the trial as pruned (``result.pruned``), which counts toward the budget
+    and is fed back to the search.
     """
 
-    def __init__(self, step: int, value: float):
-        super().__init__(f"pruned at step {step} (value {value})")
-        self.step = step
+    def __init__(self, step: int, value: float | None = None, result: dict | None = None):
+        super().__init__(f"pruned at step {step}")
+        self.step = int(step)
         self.value = value
+        self.result = result  # the objective's own result so far (its loss, metrics), if it has one

@@ -133,6 +133,13 @@ class CommandSettings:
     def to_doc(self) -> dict:
         return asdict(self)
 
+    def objective_doc(self) -> dict:
+        """The study's ``objective`` setting; the metric and goal go in the study's own ``metric``."""
+        return {k: v for k, v in asdict(self).items() if k not in ("metric", "goal")}
+
+    def metric_doc(self) -> dict:
+        return {"name": self.metric, "goal": self.goal}
+
     @classmethod
     def from_doc(cls, doc: dict) -> "CommandSettings":
         known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
@@ -140,6 +147,12 @@ class CommandSettings:
         if missing:
             raise ConfigError(f"command study settings lack {', '.join(missing)}")
         return cls(**known)
+
+    @classmethod
+    def from_study(cls, study) -> "CommandSettings":
+        """From a study document: its ``objective`` plus the name and goal of its ``metric``."""
+        metric = getattr(study, "metric", None) or {}
+        return cls.from_doc({**study.objective, "metric": metric.get("name"), "goal": metric.get("goal", "max")})
 
 
 def split_command(template: str) -> list[str]:
@@ -735,7 +748,7 @@ def run_command(settings: CommandSettings, params: dict, ctx, *, poll_s: float =
     if stop is not None:
         kind, reading = stop
         if kind == "pruned":
-            raise TrialPruned(reading[0], reading[1])
+            raise TrialPruned(reading[0], reading[1], result=_result(settings, readings, elapsed, None))
         if kind == "interrupted":
             raise TrialFailure("interrupted", "trial stopped: lease lost or worker shutting down; "
                                               "the command was terminated")
@@ -759,20 +772,24 @@ def run_command(settings: CommandSettings, params: dict, ctx, *, poll_s: float =
         raise TrialFailure("no-metric", f"command printed no {settings.metric} reading (expected lines like "
                                         f"'{settings.metric}=0.9', '{settings.metric}: 0.9' or a JSON object); "
                                         f"last stdout lines: {shown[-TAIL_CHARS:]}{_stderr_note(err_log)}")
-    values = [v for _, v in readings]
-    metric = aggregate(values, settings.aggregate)
-    return {
+    return _result(settings, readings, elapsed, returncode)
+
+
+def _result(settings: CommandSettings, readings: list[tuple[int, float]], elapsed: float,
+            returncode: int | None) -> dict:
+    """The trial's result from its readings: the metric aggregated as asked, and the loss to minimise."""
+    metric = aggregate([v for _, v in readings], settings.aggregate)
+    result = {
         "status": "ok",
         "loss": -metric if settings.goal == "max" else metric,
         settings.metric: metric,
-        "metric": settings.metric,
-        "goal": settings.goal,
-        "aggregate": settings.aggregate,
         "readings": len(readings),
         "last_step": readings[-1][0],
         "duration_s": round(elapsed, 3),
-        "exit_code": returncode,
     }
+    if returncode is not None:
+        result["exit_code"] = returncode
+    return result
 
 
 def _stderr_note(err_log: str) -> str:
@@ -780,9 +797,10 @@ def _stderr_note(err_log: str) -> str:
     return f"; last lines of stderr:\n{tail}" if tail else "; stderr was empty"
 
 
-def objective(study, params: dict, ctx) -> dict:
-    """The ``command`` objective: the study carries its CommandSettings as a dict."""
-    doc = getattr(study, "objective_settings", None) or getattr(study, "options", None) or {}
-    if isinstance(doc, CommandSettings):
-        return run_command(doc, params, ctx)
-    return run_command(CommandSettings.from_doc(doc), params, ctx)
+def run(study, params: dict, ctx) -> dict:
+    """The ``command`` objective kind: one trial of a command study."""
+    try:
+        settings = CommandSettings.from_study(study)
+    except ConfigError as exc:
+        raise TrialFailure("config", str(exc)) from None
+    return run_command(settings, params, ctx)

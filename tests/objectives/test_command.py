@@ -12,13 +12,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
 
 from mongotune.errors import ConfigError, TrialFailure, TrialPruned
 from mongotune.objectives.command import (CommandSettings, MetricParser, make_settings, parse_duration, parse_param,
-                                          parse_params, render, run_command)
+                                          parse_params, render, run, run_command)
 
 PY = sys.executable
 
@@ -154,6 +155,9 @@ def test_settings_errors(tmp_path):
     s, space = make_settings("python train.py --lr {lr}", **ok, workdir=".", timeout="1h30m")
     assert s.workdir == str(tmp_path.resolve()) and s.timeout_s == 5400 and set(space) == {"lr"}
     assert CommandSettings.from_doc(json.loads(json.dumps(s.to_doc()))) == s
+    stored = SimpleNamespace(objective=json.loads(json.dumps(s.objective_doc())), metric=s.metric_doc())
+    assert stored.objective["kind"] == "command" and "metric" not in stored.objective
+    assert CommandSettings.from_study(stored) == s
 
 
 def test_durations():
@@ -227,8 +231,10 @@ def test_reads_every_form_and_aggregates(tmp_path, agg, expected):
 
 def test_goal_min_keeps_the_metric_as_loss(tmp_path):
     job = script(tmp_path, 'print("val_loss: 0.25")\nprint("val_loss: 0.5")\n')
-    res = run_command(settings([PY, job], metric="val_loss", goal="min", aggregate="min"), {}, Ctx(tmp_path / "t"))
-    assert res["loss"] == 0.25 and res["val_loss"] == 0.25
+    s = settings([PY, job], metric="val_loss", goal="min", aggregate="min")
+    study = SimpleNamespace(objective=s.objective_doc(), metric=s.metric_doc())  # as a study document holds it
+    res = run(study, {}, Ctx(tmp_path / "t"))
+    assert res["loss"] == 0.25 and res["val_loss"] == 0.25 and res["exit_code"] == 0
 
 
 ENV_SCRIPT = """
@@ -376,6 +382,7 @@ def test_pruning_stops_the_child_mid_run(tmp_path):
     with pytest.raises(TrialPruned) as err:
         run_command(settings([PY, job]), {}, ctx)
     assert (err.value.step, err.value.value) == (5, 0.005)
+    assert err.value.result["loss"] == -0.005 and err.value.result["readings"] == 5  # what the search learns
     assert ctx.steps == [(i, i / 1000) for i in range(1, 6)]
     assert wait_dead(pids_of(tmp_path / "t"), timeout=0) == []
 
