@@ -51,7 +51,6 @@ class TrialFailure(MongotuneError):
         self.reason = reason
 
 
-
 class TrialPruned(MongotuneError):
     """The pruner stopped a trial at ``step`` (its metric then read ``value``).
 
