@@ -9,8 +9,10 @@ import pytest
 
 CASES = [
     # model, input shape, classes, coarse classes
-    ("baseline", (8, 8, 1), 10, None),
+    ("baseline", (8, 8, 1), 10, None),  # the small-input spaces
     ("convstrix", (8, 8, 1), 10, None),
+    ("baseline", (28, 28, 1), 10, None),  # the seeds' spaces
+    ("convstrix", (28, 28, 1), 10, None),
     ("vggstrix", (32, 32, 3), 10, None),
     ("hyperresnet", (16, 16, 3), 10, 4),
     ("hyperresnet", (16, 16, 3), 10, None),

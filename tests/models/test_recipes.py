@@ -66,6 +66,34 @@ def test_hyperresnet_seed_space_flips_like_the_seed_and_the_small_one_does_not()
     assert _batch_sizes("hyperresnet", (8, 8, 1), variant="auto") <= {16, 32, 48, 64, 80, 96, 112, 128}
 
 
+def test_small_input_spaces_are_narrow_and_the_seed_spaces_stay_for_seed_sizes():
+    from mongotune.models import get_model
+
+    def samples(model, shape, variant="auto", n=200):
+        space = get_model(model).space(shape, variant=variant)
+        rng = np.random.default_rng(1)
+        return [stochastic.sample(space, rng=rng) for _ in range(n)]
+
+    small = samples("baseline", (8, 8, 1))
+    assert {s["layer_size"] for s in small} == {64, 128, 256}
+    assert {s["num_layers"] for s in small} == {1, 2, 3}
+    assert 5e-4 <= min(s["learning_rate"] for s in small) and max(s["learning_rate"] for s in small) <= 3e-2
+    assert max(s["layer_size"] for s in samples("baseline", (28, 28, 1))) == 1536  # 28x28: the seed's
+    assert max(s["learning_rate"] for s in samples("baseline", (8, 8, 1), "seed")) > 0.1  # asked for by name
+
+    conv = samples("convstrix", (8, 8, 1))
+    assert {s["fcl_layer_size"] for s in conv} == {64, 128, 256} and max(s["fcl_num_layers"] for s in conv) == 2
+    assert max(s["learning_rate"] for s in conv) <= 1e-2
+    assert {s["num_blocks"] for s in conv} == {2, 3, 4}  # the convolutions stay the seed's, capped by size
+    assert max(s["fcl_layer_size"] for s in samples("convstrix", (28, 28, 1))) == 1536
+
+    assert not get_model("vggstrix").has_small_space
+    with pytest.raises(ConfigError, match="no small-input space"):
+        get_model("vggstrix").space((32, 32, 3), variant="small")
+    with pytest.raises(ConfigError, match="unknown space variant"):
+        get_model("baseline").space((8, 8, 1), variant="tiny")
+
+
 def test_any_option_overrides_its_part_of_the_recipe(tmp_path):
     from mongotune.models.recipes import resolve_launch
 
