@@ -250,8 +250,11 @@ def _native_shape(dataset: str, source: str | None) -> tuple[int, int, int] | No
     return shape
 
 
-def resolve_launch(model: str, overrides: dict | None = None) -> LaunchSettings:
+def resolve_launch(model, overrides: dict | None = None) -> LaunchSettings:
     """The settings of ``launch MODEL`` given the options the user set explicitly.
+
+    ``model`` is a registered model's name or a ``ModelDef`` (one without a
+    recipe, such as a user's function, gets the defaults and the adaptation).
 
     ``overrides`` maps option names (:data:`OPTIONS`) to values; ``None``
     means "not given" (take it from the recipe).  Raises ConfigError for an
@@ -260,9 +263,9 @@ def resolve_launch(model: str, overrides: dict | None = None) -> LaunchSettings:
     spec.  Downloads nothing (see :func:`check_launch_inputs`).
     """
     given = _check_options(overrides)
-    from mongotune.models import get_model
+    from mongotune.models import ModelDef, get_model
 
-    model_def = get_model(model)
+    model_def = model if isinstance(model, ModelDef) else get_model(model)
     recipe = get_recipe(model_def.name)
     base = recipe.settings() if recipe else {}
     origins: dict[str, str] = {}
@@ -335,7 +338,10 @@ def resolve_launch(model: str, overrides: dict | None = None) -> LaunchSettings:
                     val_fraction=val_fraction, seed=seed, source=source)
     variant = "seed"
     if shape is not None:
-        model_def.space(shape)  # images the model cannot take fail here, with the reason
+        from mongotune.models._common import check_input_shape
+
+        # images the model cannot take fail here, with the reason
+        check_input_shape(model_def.name, shape, model_def.min_input_size)
         variant = model_def.space_variant(shape)
         if variant == "small":
             notices.append(f"{model_def.name}: {shape[0]}x{shape[1]}x{shape[2]} images are small for the "

@@ -288,3 +288,19 @@ def _one_trial(settings, model: str) -> dict:
     space = get_model(model).space(settings.input_shape)
     params = stochastic.sample(space, rng=np.random.default_rng(3))
     return train_trial(study, params, TrialContext(tid=0, attempt=0, artifacts_dir=None))
+
+
+def test_a_model_without_a_recipe_gets_the_defaults_and_the_adaptation():
+    from mongotune.models import ModelDef
+    from mongotune.models.recipes import resolve_launch
+
+    class Wide(ModelDef):  # e.g. a user's own model function
+        name = "wide"
+        min_input_size = 16
+        input_channels = 3
+
+    s = resolve_launch(Wide(), {"dataset": "digits"})
+    assert s.recipe is None and (s.epochs, s.patience, s.loss, s.max_evals) == (50, 5, "neg_val_accuracy", 20)
+    assert s.input_shape == (16, 16, 3) and s.dataset["interpolation"] == "area"
+    assert s.notices == ["wide needs at least 16x16 RGB images; digits has 8x8x1: resizing them to 16x16 (area) "
+                         "and converting them to RGB (--size/--channels override)"]
