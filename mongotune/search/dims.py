@@ -278,12 +278,9 @@ def assignment_of(doc: dict) -> dict:
 
 
 def _canon(v):
-    if isinstance(v, (bool, np.bool_)):
+    if isinstance(v, (int, np.integer)):  # bools too
         return int(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    f = float(v)
-    return f if not math.isfinite(f) else float(f"{f:.12g}")
+    return float(v)  # values are compared exactly: hyperopt and this package quantise with the same arithmetic
 
 
 def point_key(assignment: dict) -> tuple:
