@@ -15,6 +15,7 @@ units (``0.001``, not ``log(0.001)``), a quantised value is already rounded.
 
 from __future__ import annotations
 
+import functools
 import graphlib
 import math
 from dataclasses import dataclass
@@ -100,6 +101,15 @@ class Dim:
             u = float(ndtr((z - self.mu) / self.sigma))
         return min(1.0, max(0.0, u))
 
+    def to_unit_many(self, values) -> np.ndarray:
+        """``to_unit`` of many values at once."""
+        v = np.asarray(values, dtype=float)
+        if self.indexed:
+            return np.zeros_like(v) if self.size <= 1 else (v - self.offset) / (self.size - 1)
+        z = np.log(np.maximum(v, _EPS)) if self.log else v
+        u = (z - self.low) / (self.high - self.low) if self.bounded else ndtr((z - self.mu) / self.sigma)
+        return np.clip(u, 0.0, 1.0)
+
     def from_unit(self, u: float) -> Any:
         """The value at ``u`` on [0, 1], quantised and typed as hyperopt stores it."""
         u = min(1.0, max(0.0, float(u)))
@@ -110,13 +120,15 @@ class Dim:
         else:
             z = self.mu + self.sigma * float(ndtri(min(1 - 1e-6, max(1e-6, u))))
         v = math.exp(z) if self.log else z
-        if self.quantised:
-            v = float(np.round(v / self.q) * self.q)
+        if self.quantised:  # round half to even, as hyperopt's np.round; k * q as in np.round(v / q) * q
+            k = round(v / self.q)
             if self.bounded:
-                lo, hi = self._q_range()
-                v = float(min(hi, max(lo, round(v / self.q))) * self.q)
+                lo, hi = self._q_range
+                k = min(hi, max(lo, k))
+            v = float(k) * self.q
         return float(v)
 
+    @functools.cached_property
     def _q_range(self) -> tuple[int, int]:
         """Smallest and largest multiple of q (as k in k*q) a bounded quantised dimension takes."""
         lo, hi = (math.exp(self.low), math.exp(self.high)) if self.log else (self.low, self.high)
@@ -132,7 +144,7 @@ class Dim:
         if self.indexed:
             return [self.offset + i for i in range(self.size)]
         if self.quantised and self.bounded:
-            lo, hi = self._q_range()
+            lo, hi = self._q_range
             return [float(k) * self.q for k in range(lo, hi + 1)]
         if not grid_points:
             raise ConfigError(
