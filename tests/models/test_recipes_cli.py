@@ -112,6 +112,10 @@ def test_launch_vggstrix_weights_imagenet_offline_is_one_line(mongo_url, offline
                                    "--mongo", mongo_url, "-q", **offline),
                            "could not fetch the ImageNet VGG19 weights", "--weights PATH")
     assert "fashion_mnist" not in line  # the local copy was found
+    # no --weights at all: the recipe's are ImageNet's, so the same line
+    _one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--mongo", mongo_url, "-q", **offline),
+                    "could not fetch the ImageNet VGG19 weights", "--weights PATH")
+    assert db_of(mongo_url).studies.count_documents({}) == 0
 
 
 def test_launch_vggstrix_with_a_weights_file_of_the_wrong_shape_is_one_line(mongo_url, offline, fmnist_files,
