@@ -20,7 +20,7 @@ def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
                       log=tmp_path / "launch.log")
     db = db_of(mongo_url)
     try:
-        wait_for(lambda: db.jobs.count_documents({"study": "e2e", "state": JOB_STATE_DONE}) >= 2, 600, 0.2,
+        wait_for(lambda: db.jobs.count_documents({"exp_key": "mongotune:e2e", "state": JOB_STATE_DONE}) >= 2, 600, 0.2,
                  what="two finished trials")
         coord.send_signal(signal.SIGKILL)  # the coordinator dies; its two workers stay in the pool
         coord.wait()
@@ -34,7 +34,7 @@ def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
                 os.kill(w["pid"], signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    docs = list(db.jobs.find({"study": "e2e"}))
+    docs = list(db.jobs.find({"exp_key": "mongotune:e2e"}))
     assert len(docs) == max_evals
     assert len({d["tid"] for d in docs}) == max_evals
     assert all(d["state"] == JOB_STATE_DONE for d in docs)
@@ -51,7 +51,9 @@ def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
         assert set(res["per_class"]) == {str(i) for i in range(10)}
         assert res["params_count"] > 0
         assert res["xla"] is True and res["mixed_precision"] is False  # XLA forced on; no GPU here: float32
-        assert os.path.exists(os.path.join(res["artifacts"], "model.keras"))
+        assert d["artifacts"]["host"] and os.path.exists(os.path.join(d["artifacts"]["path"], "model.keras"))
+        assert d["curve"] and [p["step"] for p in d["curve"]] == list(range(1, res["epochs"] + 1))
+        assert [p["value"] for p in d["curve"]] == pytest.approx(res["history"]["val_accuracy"])
     assert max(d["result"]["val_accuracy"] for d in ok) > 0.5  # real learning, not chance (0.1)
     st = db.studies.find_one({"_id": "e2e"})
     assert st["status"] == "done" and st["best"]["loss"] == min(d["result"]["loss"] for d in ok)

@@ -7,7 +7,10 @@ from hyperopt.base import JOB_STATE_DONE
 
 from mongotune.pool.coordinator import Coordinator
 from mongotune.devices import parse_bytes
-from mongotune.store.studies import Study, Training
+from mongotune.data import DataSpec
+from mongotune.objectives.keras_launch import keras_objective
+from mongotune.objectives.keras_trial import Training
+from mongotune.store.studies import Study
 
 from helpers import db_of, log_text, mongotune, stop
 
@@ -24,8 +27,8 @@ def test_parse_bytes():
 
 def test_oversized_trials_fail_with_reason_and_worker_continues(mongo_url, tmp_path):
     coord = Coordinator(mongo_url)
-    coord.create(Study(name="mg", model="baseline", dataset={"name": "digits"}, max_evals=2, algo="rand",
-                       training=Training(epochs=1, artifacts=str(tmp_path / "art"))))
+    coord.create(Study(name="mg", max_evals=2, search={"algo": "rand"},
+                       objective=keras_objective("baseline", DataSpec("digits"), Training(epochs=1))))
     # 1 KiB: smaller than any baseline configuration (even the 650-parameter softmax-only
     # one needs ~10 KiB with its gradients and Adam slots)
     w = mongotune("worker", "--mongo", mongo_url, "--study", "mg", log=tmp_path / "w.log",
@@ -36,7 +39,7 @@ def test_oversized_trials_fail_with_reason_and_worker_continues(mongo_url, tmp_p
     finally:
         assert stop(w) == 0, log_text(tmp_path / "w.log")[-2000:]
     assert snap.counts["failed"] == 2
-    for d in db_of(mongo_url).jobs.find({"study": "mg"}):
+    for d in db_of(mongo_url).jobs.find({"exp_key": "mongotune:mg"}):
         assert d["state"] == JOB_STATE_DONE
         f = d["result"]["failure"]
         assert f["kind"] == "memory-guard"

@@ -25,8 +25,13 @@ pytestmark = pytest.mark.timeout(300)
 
 def _study(name, max_evals, **options):
     lease = options.pop("lease_s", 60.0)
-    return Study(name=name, model="synthetic", dataset={"name": "digits"}, max_evals=max_evals,
-                 objective="synthetic", options=options, lease_s=lease, algo=options.pop("algo", "tpe"))
+    algo = options.pop("algo", "tpe")
+    return Study(name=name, max_evals=max_evals, objective={"kind": "synthetic", **options}, lease_s=lease,
+                 search={"algo": algo})
+
+
+def _q(name, **extra):
+    return {"exp_key": f"mongotune:{name}", **extra}
 
 
 def _runs_per_tid(record_dir: Path) -> collections.Counter:
@@ -59,7 +64,7 @@ def test_two_workers_run_every_trial_once_and_record_failures(mongo_url, tmp_pat
     assert by_tid[5]["result"]["status"] == "fail" and by_tid[5]["result"]["failure"]["kind"] == "nan"
     ok = [d for d in docs if d["result"]["status"] == "ok"]
     assert len(ok) == 8 and all(isinstance(d["result"]["loss"], float) for d in ok)
-    assert snap.counts == {"queued": 0, "running": 0, "ok": 8, "failed": 2, "error": 0}
+    assert snap.counts == {"queued": 0, "running": 0, "ok": 8, "failed": 2, "pruned": 0, "error": 0}
     # both workers took part, and every trial ran exactly once (failed ones never finished)
     assert len({d["worker"]["pid"] for d in docs}) == 2
     runs = _runs_per_tid(rec)
@@ -73,7 +78,7 @@ def test_each_algorithm_with_a_queue_of_several(mongo_url, tmp_path, algo):
     coord = Coordinator(mongo_url)
     study = _study(f"alg-{algo}", 8, sleep_s=0.05, algo=algo.split("-")[0])
     if algo == "tpe-startup2":
-        study.startup_trials = 2  # TPE itself (not its random start) suggests trials 3..8
+        study.search["startup_trials"] = 2  # TPE itself (not its random start) suggests trials 3..8
     coord.create(study)
     workers = [mongotune("worker", "--mongo", mongo_url, "--study", f"alg-{algo}", log=tmp_path / f"w{i}.log")
                for i in range(2)]
@@ -96,7 +101,7 @@ def test_killed_worker_trial_is_requeued_after_lease(mongo_url, tmp_path):
     t.start()
     db = db_of(mongo_url)
     victim = mongotune("worker", "--mongo", mongo_url, "--study", "s2", log=tmp_path / "victim.log")
-    running = wait_for(lambda: db.jobs.find_one({"study": "s2", "state": JOB_STATE_RUNNING}), 60, what="a running trial")
+    running = wait_for(lambda: db.jobs.find_one(_q("s2", state=JOB_STATE_RUNNING)), 60, what="a running trial")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     survivor = mongotune("worker", "--mongo", mongo_url, "--study", "s2", log=tmp_path / "survivor.log")
@@ -119,12 +124,12 @@ def test_sigterm_hands_trial_back_at_once(mongo_url, tmp_path):
     db = db_of(mongo_url)
     w = mongotune("worker", "--mongo", mongo_url, "--study", "s3", log=tmp_path / "w.log")
     try:
-        wait_for(lambda: db.jobs.find_one({"study": "s3", "state": JOB_STATE_RUNNING}), 60, what="running trial")
+        wait_for(lambda: db.jobs.find_one(_q("s3", state=JOB_STATE_RUNNING)), 60, what="running trial")
         t0 = time.monotonic()
         w.send_signal(signal.SIGTERM)
         code = w.wait(20)
         elapsed = time.monotonic() - t0
-        doc = db.jobs.find_one({"study": "s3"})
+        doc = db.jobs.find_one(_q("s3"))
         assert code == 0, log_text(tmp_path / "w.log")[-2000:]
         assert doc["state"] == JOB_STATE_NEW and doc["owner"] is None
         assert doc["requeues"][0]["reason"] == "worker shutdown"
@@ -148,7 +153,7 @@ def test_idle_worker_stays_and_late_worker_joins(mongo_url, tmp_path):
         coord.create(_study("s4", 10, sleep_s=1.0, algo="rand"))
         t = threading.Thread(target=coord.run, args=("s4",))
         t.start()
-        wait_for(lambda: db.jobs.count_documents({"study": "s4", "state": JOB_STATE_DONE}) >= 1, 60, what="first trial")
+        wait_for(lambda: db.jobs.count_documents(_q("s4", state=JOB_STATE_DONE)) >= 1, 60, what="first trial")
         late = mongotune("worker", "--mongo", mongo_url, "--study", "s4", log=tmp_path / "late.log")
         listing = wait_for(lambda: (r := run_cli("workers", "--mongo", mongo_url)) and str(late.pid) in r.stdout and r,
                            60, interval=0.5, what="late worker listed")
@@ -170,7 +175,7 @@ def test_resume_after_killed_coordinator_runs_nothing_twice(mongo_url, tmp_path)
                       "--max-evals", 8, "--mongo", mongo_url, "-q", log=tmp_path / "coord.log")
     db = db_of(mongo_url)
     try:
-        wait_for(lambda: db.jobs.count_documents({"study": "s5", "state": JOB_STATE_DONE}) >= 3, 120,
+        wait_for(lambda: db.jobs.count_documents(_q("s5", state=JOB_STATE_DONE)) >= 3, 120,
                  what="three finished trials")
         coord.send_signal(signal.SIGKILL)
         coord.wait()
@@ -202,7 +207,7 @@ def test_server_killed_and_restarted_mid_study(tmp_path):
                       "--max-evals", 10, "--mongo", url, "-q", log=tmp_path / "coord.log")
     try:
         db = db_of(url)
-        wait_for(lambda: db.jobs.count_documents({"study": "s6", "state": JOB_STATE_DONE}) >= 3, 120,
+        wait_for(lambda: db.jobs.count_documents(_q("s6", state=JOB_STATE_DONE)) >= 3, 120,
                  what="three finished trials")
         db.client.close()
         server.kill()  # kill -9 of the database server
@@ -232,16 +237,16 @@ def test_late_result_from_a_frozen_worker_is_dropped(mongo_url, tmp_path):
     frozen = mongotune("worker", "--mongo", mongo_url, "--study", "s7", log=tmp_path / "frozen.log")
     survivor = None
     try:
-        first = wait_for(lambda: db.jobs.find_one({"study": "s7", "state": JOB_STATE_RUNNING}), 60, what="running")
+        first = wait_for(lambda: db.jobs.find_one(_q("s7", state=JOB_STATE_RUNNING)), 60, what="running")
         frozen.send_signal(signal.SIGSTOP)
         survivor = mongotune("worker", "--mongo", mongo_url, "--study", "s7", log=tmp_path / "survivor.log")
         t.join(120)
         assert not t.is_alive()
-        before = db.jobs.find_one({"study": "s7"})
+        before = db.jobs.find_one(_q("s7"))
         frozen.send_signal(signal.SIGCONT)  # wakes with a stale lease and a trial it no longer owns
         wait_for(lambda: "result discarded" in log_text(tmp_path / "frozen.log"), 30,
                  what="the frozen worker discarding its stale result")
-        doc = db.jobs.find_one({"study": "s7"})
+        doc = db.jobs.find_one(_q("s7"))
         assert doc["state"] == JOB_STATE_DONE and doc["result"]["status"] == "ok"
         assert doc["worker"]["pid"] == survivor.pid and doc["attempts"] == 1
         assert doc["lease_token"] is None and doc["lease_expiries"][0]["owner"] == first["owner"]
@@ -266,7 +271,7 @@ def test_operator_requeue(mongo_url, tmp_path):
     db = db_of(mongo_url)
     w = mongotune("worker", "--mongo", mongo_url, "--study", "s8", log=tmp_path / "w.log")
     try:
-        doc = wait_for(lambda: db.jobs.find_one({"study": "s8", "state": JOB_STATE_RUNNING}), 60, what="running")
+        doc = wait_for(lambda: db.jobs.find_one(_q("s8", state=JOB_STATE_RUNNING)), 60, what="running")
         w.send_signal(signal.SIGSTOP)
         r = run_cli("requeue", "s8", "--tid", doc["tid"], "--mongo", mongo_url)
         assert r.returncode == 0 and f"[{doc['tid']}]" in r.stdout, r.stdout + r.stderr

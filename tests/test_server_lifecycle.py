@@ -20,7 +20,7 @@ from pathlib import Path
 import pymongo
 import pytest
 
-from mongotune.store.embedded import LOG_FILE, STATE_FILE, lock_held, read_state_file
+from mongotune.store.embedded import LOG_FILE, STATE_FILE, lock_held
 from mongotune.store.local_server import ensure_server, find_server, stop_server
 
 from helpers import env, log_text, mongotune, run_cli, stop, wait_for

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start one mongotune worker per visible NVIDIA GPU (from `nvidia-smi -L`), or
-# N CPU workers when there is no GPU, and stop them all on Ctrl-C / SIGTERM
+# N CPU workers when there is no GPU, keep each one running (a worker that
+# crashes is restarted after a backoff that doubles up to 5 minutes and resets
+# once a worker has run for 10 minutes), and stop them all on Ctrl-C / SIGTERM
 # (each hands its running trial back to the queue).
 #
 #   MONGOTUNE_MONGO=mongodb://user@db-host:27017/mongotune?authSource=admin \
@@ -27,6 +29,27 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   done < <(nvidia-smi -L 2>/dev/null || true)
 fi
 
+# keep_running LOG ENV... -- CMD...: run CMD until it exits 0 (stopped on purpose) or we are told to stop
+keep_running() {
+  local log="$1"; shift
+  local delay=5 child=""
+  trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
+  stopping=0
+  while [ "$stopping" = 0 ]; do
+    local started=$SECONDS
+    env "$@" >>"$log" 2>&1 &
+    child=$!
+    wait "$child"; local code=$?
+    # a signal interrupts `wait`: wait again for the worker to hand its trial back
+    while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done
+    [ "$stopping" = 1 ] || [ "$code" = 0 ] && break
+    [ $((SECONDS - started)) -ge 600 ] && delay=5
+    echo "$(date '+%F %T') worker exited with code $code; restarting in ${delay}s" | tee -a "$log" >&2
+    sleep "$delay" & wait $! || true
+    delay=$(( delay * 2 > 300 ? 300 : delay * 2 ))
+  done
+}
+
 pids=()
 stop_all() {
   trap - INT TERM
@@ -39,17 +62,17 @@ trap stop_all INT TERM
 
 if [ ${#gpus[@]} -gt 0 ]; then
   for g in "${gpus[@]}"; do
-    CUDA_VISIBLE_DEVICES="$g" "$mongotune_bin" worker --gpu "$g" "$@" >>"$log_dir/worker-gpu$g.log" 2>&1 &
+    keep_running "$log_dir/worker-gpu$g.log" CUDA_VISIBLE_DEVICES="$g" "$mongotune_bin" worker --gpu "$g" "$@" &
     pids+=($!)
-    echo "worker on GPU $g: pid $! (log $log_dir/worker-gpu$g.log)" >&2
+    echo "worker on GPU $g: supervisor pid $! (log $log_dir/worker-gpu$g.log)" >&2
   done
 else
   threads=$(( $(nproc) / cpu_workers )); [ "$threads" -ge 1 ] || threads=1
   for i in $(seq 0 $((cpu_workers - 1))); do
-    CUDA_VISIBLE_DEVICES="" TF_NUM_INTRAOP_THREADS="$threads" OMP_NUM_THREADS="$threads" \
-      "$mongotune_bin" worker --gpu none "$@" >>"$log_dir/worker-cpu$i.log" 2>&1 &
+    keep_running "$log_dir/worker-cpu$i.log" CUDA_VISIBLE_DEVICES="" TF_NUM_INTRAOP_THREADS="$threads" \
+      OMP_NUM_THREADS="$threads" "$mongotune_bin" worker --gpu none "$@" &
     pids+=($!)
-    echo "CPU worker $i: pid $! (log $log_dir/worker-cpu$i.log)" >&2
+    echo "CPU worker $i: supervisor pid $! (log $log_dir/worker-cpu$i.log)" >&2
   done
 fi
 wait

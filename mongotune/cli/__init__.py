@@ -10,7 +10,7 @@ import sys
 
 from ..errors import UserError
 from ._common import app, err
-from . import pool, report, server, study  # noqa: F401,E402  (registers the commands)
+from . import launch, pool, report, server, study  # noqa: F401,E402  (registers the commands)
 from . import recipes  # noqa: F401,E402
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 
@@ -12,13 +13,15 @@ from rich.console import Console
 from ..errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Distributed hyper-parameter tuning of Keras image classifiers on MongoDB workers.")
+                  help="Distributed hyper-parameter tuning on a MongoDB-backed pool of GPU workers.")
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
-MONGO_HELP = ("MongoDB URL (mongodb://user:pw@host:port/db or hyperopt's mongo://host:port/db/jobs). "
-              "Default: $MONGOTUNE_MONGO, else the embedded server on $MONGOTUNE_HOME/db.")
-MongoOpt = typer.Option(None, "--mongo", help=MONGO_HELP, envvar="MONGOTUNE_MONGO")
+MONGO_HELP = ("MongoDB URL (mongodb://user@host:port/db, password from $MONGOTUNE_MONGO_PASSWORD or "
+              "$MONGOTUNE_MONGO_PASSWORD_FILE; or hyperopt's mongo://host:port/db/jobs). Default: "
+              "$MONGOTUNE_MONGO, $MONGOTUNE_MONGO_FILE, else the embedded server on $MONGOTUNE_HOME/db.")
+MongoOpt = typer.Option(None, "--mongo", help=MONGO_HELP, envvar="MONGOTUNE_MONGO", show_envvar=False)
+JsonOpt = typer.Option(False, "--json", help="Print JSON (for scripts) instead of tables.")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -33,11 +36,32 @@ def _fail(exc: UserError):
     raise typer.Exit(exc.exit_code)
 
 
+def _hide_password(url: str | None) -> None:
+    """A URL typed on the command line with its password: rewrite this process's title without it,
+    so `ps` shows the redacted form from now on."""
+    if not url or "@" not in url:
+        return
+    from ..store._url import redact
+
+    safe = [redact(a) if "://" in a else a for a in sys.argv]
+    if safe != sys.argv:
+        try:
+            import setproctitle
+
+            setproctitle.setproctitle(" ".join(["mongotune", *safe[1:]]))
+        except Exception:  # noqa: BLE001 - best effort: the README says to keep passwords out of URLs
+            pass
+
+
 @contextlib.contextmanager
 def _mongo(url: str | None):
-    """Yield a usable URL: the one given, or the per-user embedded server's (started if needed, kept up
-    while the command runs, never stopped by it)."""
+    """Yield a usable URL: the one given (option, $MONGOTUNE_MONGO or $MONGOTUNE_MONGO_FILE), or the
+    per-user embedded server's (started if needed, kept up while the command runs, never stopped by it)."""
+    from ..store._url import url_from_env
+
+    url = url or url_from_env()
     if url:
+        _hide_password(url)
         yield url
         return
     from ..store.local_server import embedded_session
@@ -52,3 +76,14 @@ def _user_errors():
         yield
     except UserError as exc:
         _fail(exc)
+
+
+def print_json(obj) -> None:
+    """JSON on stdout, whatever the console width (for scripts)."""
+    sys.stdout.write(json.dumps(obj, default=str, indent=2) + "\n")
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,19 +1,28 @@
-"""The objectives a worker can run, by name: never imported from the database.
+"""What a worker runs for a trial, by kind: a fixed table, never a name taken from the database.
 
-``keras`` trains a registered model (``mongotune.training``).  ``synthetic``
-and ``sleep`` need no TensorFlow: they exercise the pool itself (tests,
-benchmarks, smoke checks of a deployment).  A study's ``options`` dict tunes
-them.
+A study's ``objective`` setting is ``{"kind": KIND, ...the kind's settings}``.
+Each kind maps here to a function in mongotune (imported when first used, so
+a worker loads TensorFlow only for Keras trials) with the signature::
+
+    run(study, params: dict, ctx: TrialContext) -> dict | float
+
+which returns the result (``{"status": "ok", "loss": ..., ...metrics}``), or
+raises ``TrialFailure`` (recorded, the worker goes on) or ``TrialPruned``.
+
+Kinds that run the user's own code (a command, an importable model function)
+need the worker's explicit consent (``mongotune worker --allow-user-code``):
+without it a worker never takes their trials, so a database writer cannot
+make a worker run code it was not told to trust.
 """
 
 from __future__ import annotations
 
-import math
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import TrialFailure
+from ..errors import ConfigError, TrialFailure
 
 
 @dataclass
@@ -22,66 +31,66 @@ class TrialContext:
 
     tid: int
     attempt: int
-    artifacts_dir: str | None
-    should_stop: Callable[[], bool] = lambda: False
-    report: Callable[[dict], None] = lambda info: None
+    study: str = ""
+    artifacts_dir: str | None = None  # this attempt's own directory on this host (exists)
+    gpu: str | None = None  # the worker's CUDA_VISIBLE_DEVICES
+    should_stop: Callable[[], bool] = lambda: False  # lease lost or worker stopping: stop now
+    report_step: Callable[[int, float], bool] = lambda step, value: False  # True: the pruner says stop
+    set_progress: Callable[[dict], None] = lambda info: None  # shown by status/dashboard
     device_memory_bytes: int | None = None
     extra: dict = field(default_factory=dict)
 
+    def check_stop(self) -> None:
+        if self.should_stop():
+            raise TrialFailure("interrupted", "trial stopped: lease lost or worker shutting down")
 
-def _sleep_interruptibly(seconds: float, ctx: TrialContext) -> None:
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    target: str  # "mongotune.objectives.module:function" (mongotune's own code only)
+    metric: dict  # the default metric its trials report
+    user_code: bool = False  # runs the user's code: the worker must allow it
+
+    def load(self) -> Callable:
+        module, _, fn = self.target.partition(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("keras", "mongotune.objectives.keras_trial:train_trial", {"name": "val_accuracy", "goal": "max"}),
+    Kind("synthetic", "mongotune.objectives.synthetic:synthetic", {"name": "loss", "goal": "min"}),
+    Kind("sleep", "mongotune.objectives.synthetic:sleep", {"name": "loss", "goal": "min"}),
+    Kind("command", "mongotune.objectives.command:run", {"name": "metric", "goal": "max"}, user_code=True),
+)}
+
+
+def kind_of(objective: dict) -> Kind:
+    name = objective.get("kind") if isinstance(objective, dict) else None
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ConfigError(f"unknown objective kind {name!r}; choose from: {', '.join(KINDS)}") from None
+
+
+def runs_user_code(objective: dict) -> bool:
+    """Does a trial of this objective run code the user supplied (a command, a model function)?"""
+    kind = KINDS.get(objective.get("kind")) if isinstance(objective, dict) else None
+    return kind is None or kind.user_code or bool(objective.get("model_fn"))
+
+
+def get_objective(objective: dict) -> Callable:
+    try:
+        return kind_of(objective).load()
+    except ConfigError as exc:
+        raise TrialFailure("config", str(exc)) from None
+
+
+def sleep_interruptibly(seconds: float, ctx: TrialContext) -> None:
     end = time.monotonic() + seconds
     while True:
         left = end - time.monotonic()
         if left <= 0:
             return
-        if ctx.should_stop():
-            raise TrialFailure("interrupted", "trial stopped: lease lost or worker shutting down")
+        ctx.check_stop()
         time.sleep(min(left, 0.05))
-
-
-def synthetic(study, params: dict, ctx: TrialContext) -> dict:
-    """Loss ``(x - 0.3)^2`` after an optional sleep; can raise or return NaN on chosen trials.
-
-    options: ``sleep_s``, ``raise_on_tids``, ``nan_on_tids``, and ``record_dir``
-    (a directory where each evaluation that runs to the end leaves one file,
-    so tests can count how often a trial really ran).
-    """
-    opts = study.options or {}
-    _sleep_interruptibly(float(opts.get("sleep_s", 0.0)), ctx)
-    if ctx.tid in opts.get("raise_on_tids", []):
-        raise RuntimeError(f"synthetic failure requested for trial {ctx.tid}")
-    x = float(params.get("x", 0.0))
-    loss = math.nan if ctx.tid in opts.get("nan_on_tids", []) else (x - 0.3) ** 2
-    if opts.get("record_dir"):
-        import os
-        import uuid
-
-        os.makedirs(opts["record_dir"], exist_ok=True)
-        with open(os.path.join(opts["record_dir"], f"tid{ctx.tid}-{uuid.uuid4().hex[:8]}"), "w") as fh:
-            fh.write(f"{os.getpid()} attempt {ctx.attempt}\n")
-    return {"status": "ok", "loss": loss, "x": x}
-
-
-def sleep(study, params: dict, ctx: TrialContext) -> dict:
-    """Sleep ``options.sleep_s`` (default 1 s): the pool-efficiency benchmark's objective."""
-    seconds = float((study.options or {}).get("sleep_s", 1.0))
-    _sleep_interruptibly(seconds, ctx)
-    x = float(params.get("x", 0.0))
-    return {"status": "ok", "loss": (x - 0.3) ** 2}
-
-
-def keras(study, params: dict, ctx: TrialContext) -> dict:
-    from .keras_trial import train_trial
-
-    return train_trial(study, params, ctx)
-
-
-REGISTRY: dict[str, Callable] = {"keras": keras, "synthetic": synthetic, "sleep": sleep}
-
-
-def get_objective(name: str) -> Callable:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise TrialFailure("config", f"unknown objective {name!r}; this worker knows {sorted(REGISTRY)}") from None

@@ -1,25 +1,120 @@
-"""One trial: build, compile, fit with early stopping, evaluate, save artifacts.
+"""The Keras trial: build, compile, fit with early stopping and pruning, evaluate, save artifacts.
 
-This is the "tuner" half of mongotune, called by a worker for studies whose
-objective is ``keras``.  The dataset is opened once per process (memory
+This is the "tuner" half of mongotune, run by a worker for studies whose
+objective kind is ``keras``.  The dataset is opened once per process (memory
 mapped) and reused across trials; the model comes from the registry by name.
+After every epoch the monitored metric goes to ``ctx.report_step``, which
+records it on the trial's curve and asks the study's pruner whether to stop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import TrialFailure
+from ..errors import ConfigError, TrialFailure, TrialPruned
 
-log = logging.getLogger("mongotune.training")
+log = logging.getLogger("mongotune.keras")
 
 MEMORY_GUARD_FRACTION = 0.9
+LOSSES = ("neg_val_accuracy", "neg_val_accuracy_squared", "val_loss")
+SWITCHES = ("auto", "on", "off")
+
+
+@dataclass
+class Training:
+    """How each trial trains (the parts that are not searched)."""
+
+    epochs: int = 50
+    patience: int = 5
+    loss: str = "neg_val_accuracy"
+    max_train_samples: int | None = None
+    mixed_precision: str = "auto"  # auto | on | off: mixed_float16 when a GPU is present
+    xla: str = "auto"  # auto | on | off: XLA-compiled train steps when a GPU is present (not with torch)
+    weights: str | None = None  # vggstrix: 'imagenet', a path, or None
+    save_model: bool = True
+    tensorboard: bool = True
+    seed: int = 0
+
+    def validate(self) -> "Training":
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose from: {', '.join(LOSSES)}")
+        for key in ("mixed_precision", "xla"):
+            if getattr(self, key) not in SWITCHES:
+                raise ConfigError(f"--{key.replace('_', '-')} must be one of {', '.join(SWITCHES)}, "
+                                  f"got {getattr(self, key)!r}")
+        if self.epochs < 1 or self.patience < 0:
+            raise ConfigError("--epochs must be >= 1 and --patience >= 0")
+        return self
+
+    @property
+    def metric(self) -> dict:
+        """The metric the trial monitors (early stopping, curve, pruning) and which way is better."""
+        return {"name": "val_loss", "goal": "min"} if self.loss == "val_loss" else {
+            "name": "val_accuracy", "goal": "max"}
+
+
+@dataclass
+class KerasSettings:
+    """A Keras study's objective settings: ``{"kind": "keras", "model": ..., "dataset": ..., ...}``."""
+
+    model: str
+    dataset: dict
+    training: Training = field(default_factory=Training)
+    augment: bool = False
+    model_fn: str | None = None  # "package.module:function" of the user's own builder
+
+    @classmethod
+    def of(cls, study) -> "KerasSettings":
+        return cls.from_objective(study.objective)
+
+    @classmethod
+    def from_objective(cls, objective: dict) -> "KerasSettings":
+        training = Training(**{k: v for k, v in (objective.get("training") or {}).items()
+                               if k in Training.__dataclass_fields__})
+        return cls(model=objective.get("model"), dataset=objective.get("dataset") or {}, training=training,
+                   augment=bool(objective.get("augment")), model_fn=objective.get("model_fn"))
+
+    def to_objective(self) -> dict:
+        return {"kind": "keras", **dataclasses.asdict(self)}
+
+    def local_paths(self) -> list[str]:
+        """Files a worker would read because the study says so (checked against its allowed roots)."""
+        paths = []
+        if self.dataset.get("source"):
+            paths.append(self.dataset["source"])
+        if self.training.weights and self.training.weights != "imagenet":
+            paths.append(self.training.weights)
+        return paths
+
+
+NATIVE_SHAPES = {
+    "digits": (8, 8, 1),
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "cifar100": (32, 32, 3),
+}
+
+
+def input_shape_of(dataset: dict) -> tuple[int, int, int]:
+    """Image shape a study's dataset will have, without loading it when possible."""
+    name = dataset.get("name")
+    if name in NATIVE_SHAPES:
+        h, w, c = NATIVE_SHAPES[name]
+        size = dataset.get("size")
+        channels = dataset.get("channels")
+        return (int(size or h), int(size or w), int(channels or c))
+    from ..data import DataSpec, load
+
+    return tuple(load(DataSpec.from_dict(dataset)).input_shape)
 
 
 def configure_backend(mixed_precision: str = "auto", xla: str = "auto") -> dict:
@@ -67,10 +162,12 @@ def _make_callback_class():
     class TrialMonitor(keras.callbacks.Callback):
         """Epoch timings, NaN detection, progress reports and cooperative stopping."""
 
-        def __init__(self, ctx, epochs):
+        def __init__(self, ctx, epochs, monitor):
             super().__init__()
             self.ctx = ctx
             self.epochs = epochs
+            self.monitor = monitor
+            self.pruned_at: tuple[int, float] | None = None
             self.epoch_seconds: list[float] = []
             self.nan_at: tuple[int, float] | None = None
             self.stopped_by_ctx = False
@@ -89,9 +186,14 @@ def _make_callback_class():
         def on_epoch_end(self, epoch, logs=None):
             self.epoch_seconds.append(time.perf_counter() - self._t0)
             logs = {k: float(v) for k, v in (logs or {}).items()}
-            self.ctx.report({"epoch": epoch + 1, "epochs": self.epochs, **logs})
+            self.ctx.set_progress({"epoch": epoch + 1, "epochs": self.epochs, **logs})
             if any(not math.isfinite(v) for k, v in logs.items() if k.endswith("loss")) and self.nan_at is None:
                 self.nan_at = (epoch, next(v for k, v in logs.items() if k.endswith("loss") and not math.isfinite(v)))
+                self.model.stop_training = True
+                return
+            value = logs.get(self.monitor)
+            if value is not None and math.isfinite(value) and self.ctx.report_step(epoch + 1, value):
+                self.pruned_at = (epoch + 1, value)
                 self.model.stop_training = True
 
     return TrialMonitor
@@ -144,16 +246,16 @@ def loss_from(kind: str, val_accuracy: float, val_loss: float | None) -> float:
     raise TrialFailure("config", f"unknown loss {kind!r}")
 
 
-def build_for(study, params: dict, ds):
+def build_for(settings: KerasSettings, params: dict, ds):
     """Build (uncompiled) the study's model for ``params`` on dataset ``ds``."""
     from ..models import get_model
 
-    model_def = get_model(study.model)
+    model_def = get_model(settings.model)
     coarse = None
-    if "coarse" in getattr(ds, "extra_labels", {}) and study.model == "hyperresnet":
+    if "coarse" in getattr(ds, "extra_labels", {}) and settings.model == "hyperresnet":
         coarse = len(ds.extra_class_names.get("coarse") or []) or int(ds.extra_labels["coarse"]["train"].max()) + 1
     model = model_def.build(params, tuple(ds.input_shape), ds.num_classes, num_coarse_classes=coarse,
-                            weights=study.training.weights)
+                            weights=settings.training.weights)
     return model_def, model, coarse
 
 
@@ -179,33 +281,35 @@ def train_trial(study, params: dict, ctx) -> dict:
 
     from ..data import DataSpec, load
 
-    env = configure_backend(study.training.mixed_precision, study.training.xla)
+    settings = KerasSettings.of(study)
+    training = settings.training
+    env = configure_backend(training.mixed_precision, training.xla)
     t_start = time.perf_counter()
-    ds = load(DataSpec.from_dict(study.dataset))
-    seed = int(study.training.seed) * 100003 + int(ctx.tid)
+    ds = load(DataSpec.from_dict(settings.dataset))
+    seed = int(training.seed) * 100003 + int(ctx.tid)
     keras.utils.set_random_seed(seed % (2**31))
-    model_def, model, coarse = build_for(study, params, ds)
+    model_def, model, coarse = build_for(settings, params, ds)
     est = memory_guard(model, params)
     heads = compile_model(model, model_def, params, coarse, xla=env["xla"])
     batch_size = int(params.get("batch_size", 32))
-    x_train, y_train = _subsample(ds.x_train, _labels(ds, "train", heads), study.training.max_train_samples, seed)
+    x_train, y_train = _subsample(ds.x_train, _labels(ds, "train", heads), training.max_train_samples, seed)
     x_val, y_val = ds.x_val, _labels(ds, "val", heads)
 
-    Monitor = _make_callback_class()
-    monitor = Monitor(ctx, study.training.epochs)
-    monitor_metric = "val_loss" if study.training.loss == "val_loss" else (
+    monitor_metric = "val_loss" if training.loss == "val_loss" else (
         "val_accuracy" if len(heads) == 1 else f"val_{heads[0]}_accuracy")
+    Monitor = _make_callback_class()
+    monitor = Monitor(ctx, training.epochs, monitor_metric)
     early = keras.callbacks.EarlyStopping(monitor=monitor_metric, mode="min" if monitor_metric == "val_loss" else "max",
-                                          patience=study.training.patience, restore_best_weights=True)
+                                          patience=training.patience, restore_best_weights=True)
     callbacks = [monitor, early]
     art = Path(ctx.artifacts_dir) if ctx.artifacts_dir else None
     if art is not None:
         art.mkdir(parents=True, exist_ok=True)
         (art / "params.json").write_text(json.dumps(params, indent=2, default=str))
-        if study.training.tensorboard and _tensorboard_available():
+        if training.tensorboard and _tensorboard_available():
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(art / "tensorboard"), write_graph=False))
     try:
-        hist = model.fit(x_train, y_train, batch_size=batch_size, epochs=study.training.epochs,
+        hist = model.fit(x_train, y_train, batch_size=batch_size, epochs=training.epochs,
                          validation_data=(x_val, y_val), callbacks=callbacks, verbose=0, shuffle=True)
     except Exception as exc:
         name = type(exc).__name__
@@ -218,15 +322,29 @@ def train_trial(study, params: dict, ctx) -> dict:
     if monitor.nan_at is not None:
         epoch, value = monitor.nan_at
         raise TrialFailure("nan", f"training loss became {value} in epoch {epoch + 1}")
+    val_losses = history.get("val_loss") or [math.nan]
+    acc_key = _accuracy_key(history, heads)
+    if monitor.pruned_at is not None:
+        # pruned: the loss the search learns from is that of the best epoch so far (see README)
+        step, _ = monitor.pruned_at
+        best_acc = max(history[acc_key]) if acc_key else math.nan
+        result = {"status": "ok", "loss": loss_from(training.loss, best_acc, min(val_losses)),
+                  "val_accuracy": best_acc, "val_loss": float(min(val_losses)), "epochs": len(monitor.epoch_seconds),
+                  "best_epoch": int(np.argmax(history[acc_key]) + 1) if acc_key else step,
+                  "seconds_per_epoch": float(np.mean(monitor.epoch_seconds)), "history": history,
+                  "train_images": int(len(x_train)), "params_count": int(model.count_params())}
+        if art is not None:
+            (art / "history.json").write_text(json.dumps(history, indent=2))
+        _clear_session()
+        raise TrialPruned(step, monitor.pruned_at[1], result)
 
     y_pred = predict_classes(model, x_val, heads, batch_size=max(batch_size, 256))
     y_val_main = y_val if len(heads) == 1 else y_val[heads[0]]
     val_accuracy = float(np.mean(y_pred == np.asarray(y_val_main)))
-    val_losses = history.get("val_loss") or [math.nan]
-    best_epoch = int(np.argmax(history[_accuracy_key(history, heads)]) + 1) if _accuracy_key(history, heads) else len(val_losses)
-    if study.training.loss == "val_loss":
+    best_epoch = int(np.argmax(history[acc_key]) + 1) if acc_key else len(val_losses)
+    if training.loss == "val_loss":
         best_epoch = int(np.nanargmin(val_losses) + 1)
-    loss = loss_from(study.training.loss, val_accuracy, min(val_losses))
+    loss = loss_from(training.loss, val_accuracy, min(val_losses))
     result = {
         "status": "ok",
         "loss": loss,
@@ -253,13 +371,18 @@ def train_trial(study, params: dict, ctx) -> dict:
                 result[key] = max(history[key])
     if art is not None:
         (art / "history.json").write_text(json.dumps(history, indent=2))
-        if study.training.save_model:
+        if training.save_model:
             model.save(art / "model.keras")
         summary = {k: v for k, v in result.items() if k not in ("history",)}
         (art / "result.json").write_text(json.dumps(summary, indent=2, default=str))
-        result["artifacts"] = str(art)
-    keras.backend.clear_session(free_memory=True) if _accepts_free_memory() else keras.backend.clear_session()
+    _clear_session()
     return result
+
+
+def _clear_session() -> None:
+    import keras
+
+    keras.backend.clear_session(free_memory=True) if _accepts_free_memory() else keras.backend.clear_session()
 
 
 def _tensorboard_available() -> bool:

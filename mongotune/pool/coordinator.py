@@ -1,90 +1,92 @@
-"""The coordinator: hyperopt's fmin machinery driving a study through MongoDB.
+"""The coordinator: hyperopt's fmin driving a study through MongoDB.
 
 It is the "oracle" half of mongotune: it decides what to try next (hyperopt's
-``FMinIter`` with ``tpe``/``rand``/``anneal``) and writes trials into the
-jobs collection; workers (``mongotune.worker``) train them.  What it adds to
-stock hyperopt:
+``FMinIter`` with the study's search algorithm) and writes trials into the
+jobs collection; workers (``mongotune.pool.worker``) train them.  What it adds
+to stock hyperopt:
 
-* trials carry their concrete, evaluated ``params`` and ``study`` name, so a
-  worker needs neither the search space nor any pickled code;
+* trials carry their concrete, evaluated ``params`` (stamped by the trial
+  document module), so a worker needs neither the search space nor any
+  pickled code; the space itself is JSON in the study, so resuming needs
+  neither TensorFlow nor the dataset;
+* a study has at most one live coordinator: it holds a lease on the study
+  document, and raises the study's created-trials count under that lease
+  before inserting, so no interleaving of coordinators exceeds the budget;
 * the queue length follows the live workers (idle workers + ``queue_spare``),
-  so TPE sees fresh results but no GPU waits for a suggestion;
+  so the search sees fresh results but no GPU waits for a suggestion;
 * while fmin polls, expired leases are requeued, so a dead worker never
   leaves fmin "waiting for jobs" forever;
-* ``resume`` tops a study up to exactly ``max_evals`` trials, failed ones
-  included, and never re-runs a finished trial.
+* a database outage pauses the run (with a log line saying so) instead of
+  ending it;
+* ``resume`` tops a study up to exactly ``max_evals`` trials, failed and
+  pruned ones included, and never re-runs a finished trial.
 """
 
 from __future__ import annotations
 
-import datetime
-import functools
 import logging
-import math
+import os
+import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
 import gridfs
 import numpy as np
 from hyperopt import anneal, base, rand, tpe
-from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
+from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW, JOB_STATE_RUNNING
 from hyperopt.fmin import FMinIter, space_eval
 
-from ..store import trialdoc as leases
+from ..errors import ConfigError, MongotuneError
 from ..search import spaces
-from ..errors import ConfigError
-from ..store import MongoJobs, MongoTrials, RetryPolicy, decode, open_client
-from ..store.studies import Study, StudyStore, spare_for
+from ..search.batch import fill_batch
+from ..store import MongoJobs, MongoTrials, RetryPolicy, open_client
+from ..store._connection import FOREVER
+from ..store.studies import COORDINATOR_LEASE_S, Study, StudyBusy, StudyStore, holder_info, spare_for
+from ..store.trialdoc import TrialStore, server_now
+from ..store.workers import WorkerRegistry
 
 log = logging.getLogger("mongotune.coordinator")
 
-ALGORITHMS = {"tpe": tpe.suggest, "rand": rand.suggest, "anneal": anneal.suggest}
-WORKER_LIVE_S = 20.0
-
-
-def _algorithm(study: Study):
-    """The study's suggest function, with its TPE start-up length when it sets one."""
-    algo = ALGORITHMS[study.algo]
-    if study.algo == "tpe" and study.startup_trials is not None:
-        return functools.partial(algo, n_startup_jobs=study.startup_trials)
-    return algo
-
-
-NATIVE_SHAPES = {
-    "digits": (8, 8, 1),
-    "mnist": (28, 28, 1),
-    "fashion_mnist": (28, 28, 1),
-    "cifar10": (32, 32, 3),
-    "cifar100": (32, 32, 3),
-}
-
 DEFAULT_SYNTHETIC_SPACE = {"x": {"hp": "uniform", "low": -1.0, "high": 1.0}}
+_BASE_ALGOS = {"tpe": tpe.suggest, "rand": rand.suggest, "anneal": anneal.suggest}
 
 
-def input_shape_of(dataset: dict) -> tuple[int, int, int]:
-    """Image shape a study's dataset will have, without loading it when possible."""
-    name = dataset.get("name")
-    if name in NATIVE_SHAPES:
-        h, w, c = NATIVE_SHAPES[name]
-        size = dataset.get("size")
-        channels = dataset.get("channels")
-        return (int(size or h), int(size or w), int(channels or c))
-    from ..data import DataSpec, load
+class CoordinatorLost(MongotuneError):
+    """Another coordinator took the study over (this one was cut off longer than its lease)."""
 
-    return tuple(load(DataSpec.from_dict(dataset)).input_shape)
+
+def suggest_for(study: Study):
+    """The study's suggest function with its options."""
+    try:
+        from ..search.algorithms import make_suggest
+    except ImportError:  # the search package without its algorithm registry: hyperopt's three
+        algo = study.algo
+        if algo not in _BASE_ALGOS:
+            raise ConfigError(f"unknown algorithm {algo!r}; choose from: {', '.join(_BASE_ALGOS)}") from None
+        opts = {k: v for k, v in study.search.items() if k != "algo"}
+        if algo == "tpe" and opts.get("startup_trials") is not None:
+            import functools
+
+            return functools.partial(tpe.suggest, n_startup_jobs=int(opts["startup_trials"]))
+        return _BASE_ALGOS[algo]
+    return make_suggest(study.algo, {k: v for k, v in study.search.items() if k != "algo"})
 
 
 def resolve_space(study: Study):
-    """The hyperopt space of a study (its JSON space, or the model's own)."""
+    """The hyperopt space of a study, from its stored JSON (studies written before the space was
+    stored fall back to the model's own space, which needs the model code)."""
     if study.space is not None:
         return spaces.build(study.space)
-    if study.objective != "keras":
+    if study.kind != "keras":
         return spaces.build(DEFAULT_SYNTHETIC_SPACE)
     from ..models import get_model
+    from ..objectives.keras_trial import KerasSettings, input_shape_of
 
-    return get_model(study.model).space(input_shape_of(study.dataset), augment=study.augment)
+    ks = KerasSettings.of(study)
+    return get_model(ks.model).space(input_shape_of(ks.dataset), augment=ks.augment)
 
 
 def _never_called(params):  # the workers evaluate trials, not the coordinator
@@ -97,86 +99,68 @@ class Snapshot:
 
     name: str
     max_evals: int
-    counts: dict = field(default_factory=dict)  # queued, running, ok, failed, error
+    counts: dict = field(default_factory=dict)  # queued, running, ok, failed, pruned, error
     best_loss: float | None = None
     best_params: dict | None = None
     best_tid: int | None = None
-    running: list = field(default_factory=list)  # [{tid, worker, gpu, heartbeat_age_s, progress}]
+    best_metric: float | None = None  # the study metric's value in the best trial's result
+    metric: dict = field(default_factory=dict)
+    running: list = field(default_factory=list)  # [{tid, attempt, worker, gpu, heartbeat_age_s, progress}]
     live_workers: int = 0
     elapsed_s: float = 0.0
 
     @property
     def finished(self) -> int:
-        return self.counts.get("ok", 0) + self.counts.get("failed", 0) + self.counts.get("error", 0)
+        return sum(self.counts.get(k, 0) for k in ("ok", "failed", "pruned", "error"))
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "max_evals": self.max_evals, "finished": self.finished, "counts": self.counts,
+                "best": None if self.best_tid is None else {
+                    "tid": self.best_tid, "loss": self.best_loss, "params": self.best_params,
+                    "metric": {**self.metric, "value": self.best_metric}},
+                "running": self.running, "live_workers": self.live_workers, "elapsed_s": round(self.elapsed_s, 3)}
 
 
-def snapshot(db, study: Study, jobs=None, started: float | None = None) -> Snapshot:
-    jobs = jobs if jobs is not None else db.jobs
-    q = {"exp_key": study.exp_key}
-    counts = {"queued": 0, "running": 0, "ok": 0, "failed": 0, "error": 0}
-    for row in jobs.aggregate([{"$match": q}, {"$group": {"_id": {"s": "$state", "r": "$result.status"},
-                                                          "n": {"$sum": 1}}}]):
-        state, status = row["_id"].get("s"), row["_id"].get("r")
-        key = {JOB_STATE_NEW: "queued", JOB_STATE_RUNNING: "running", JOB_STATE_ERROR: "error"}.get(state)
-        if state == JOB_STATE_DONE:
-            key = "ok" if status == "ok" else "failed"
-        if key:
-            counts[key] += row["n"]
-    best = None
-    for doc in jobs.find({**q, "state": JOB_STATE_DONE, "result.status": "ok"},
-                         projection=["tid", "result.loss", "params"]):
-        doc = decode(doc)
-        loss = doc["result"].get("loss")
-        if isinstance(loss, (int, float)) and math.isfinite(loss) and (best is None or loss < best["result"]["loss"]):
-            best = doc
-    now = leases.server_now(db)
+def snapshot(trials: TrialStore, workers: WorkerRegistry, study: Study, started: float | None = None) -> Snapshot:
+    counts = trials.counts(study.exp_key)
+    best = trials.best(study.exp_key)
+    now = server_now(trials.db)
     running = []
-    for doc in jobs.find({**q, "state": JOB_STATE_RUNNING},
-                         projection=["tid", "worker", "refresh_time", "progress", "attempts"]).sort("tid", 1):
-        age = (now - doc["refresh_time"]).total_seconds() if doc.get("refresh_time") else None
-        w = doc.get("worker") or {}
-        running.append({"tid": doc.get("tid"), "worker": w.get("id"), "gpu": w.get("gpu"),
-                        "heartbeat_age_s": age, "progress": decode(doc.get("progress")),
-                        "attempt": int(doc.get("attempts") or 0) + 1})
-    live = live_workers(db, study.name)
-    return Snapshot(study.name, study.max_evals, counts,
-                    best["result"]["loss"] if best else None, best.get("params") if best else None,
-                    best.get("tid") if best else None, running, len(live),
-                    time.monotonic() - started if started else 0.0)
-
-
-def live_workers(db, study_name: str | None = None, now: datetime.datetime | None = None) -> list[dict]:
-    """Workers whose own heartbeat is recent, optionally those serving one study."""
-    now = now or leases.server_now(db)
-    cutoff = now - datetime.timedelta(seconds=WORKER_LIVE_S)
-    q = {"heartbeat": {"$gte": cutoff}, "status": {"$ne": "stopped"}}
-    rows = list(db.workers.find(q))
-    if study_name is not None:
-        rows = [w for w in rows if w.get("study") in (None, study_name)]
-    return rows
+    for rec in trials.running(study.exp_key):
+        w = rec.worker
+        running.append({"tid": rec.tid, "attempt": rec.attempts + 1, "worker": w.id if w else None,
+                        "host": w.host if w else None, "gpu": w.gpu if w else None,
+                        "heartbeat_age_s": (now - rec.refresh_time).total_seconds() if rec.refresh_time else None,
+                        "progress": rec.progress or {}, "step": rec.curve[-1].step if rec.curve else None})
+    metric_name = study.metric.get("name")
+    best_metric = best.result.get(metric_name) if best else None
+    return Snapshot(study.name, study.max_evals, counts.as_dict(),
+                    best.loss if best else None, best.params if best else None, best.tid if best else None,
+                    best_metric if isinstance(best_metric, (int, float)) else None, dict(study.metric), running,
+                    len(workers.live(study.exp_key, now)), time.monotonic() - started if started else 0.0)
 
 
 class _StudyTrials(MongoTrials):
-    """MongoTrials that stamps each new trial with its study and evaluated params.
+    """MongoTrials that stamps each new trial with its evaluated params, behind the budget fence.
 
     It also refreshes incrementally.  fmin refreshes its trials three or four
     times per suggestion and counts the finished ones every poll; reading the
     versions of every trial each time costs O(trials) per poll (on the embedded
     server, ~0.2 ms of server CPU per trial document), so a 1000-trial study
     spent seconds per suggestion there.  A finished (``DONE``) trial never
-    changes again in mongotune (leases, requeues and results only ever update
-    ``NEW``/``RUNNING`` trials), so between full refreshes only the queued and
-    running trials, and those that were queued or running last time, are read.
-    A full refresh still runs every ``full_refresh_s`` seconds as a safety net.
+    changes again (see ``store.trialdoc``), so between full refreshes only the
+    queued and running trials, and those that were queued or running last
+    time, are read.  A full refresh still runs every ``full_refresh_s``
+    seconds as a safety net.
     """
 
     full_refresh_s = 30.0
     fresh_s = 0.05  # counts within this long of a refresh are read from it (fmin counts 3 times per poll)
     _LOCAL_STATES = (JOB_STATE_NEW, JOB_STATE_RUNNING, JOB_STATE_DONE)
 
-    def __init__(self, *args, study: Study, space, **kwargs):
-        self._study = study
+    def __init__(self, *args, space, fence: Callable[[int], None], **kwargs):
         self._space = space
+        self._fence = fence
         self._full_at = 0.0
         self._synced_at = 0.0
         super().__init__(*args, **kwargs)
@@ -217,53 +201,12 @@ class _StudyTrials(MongoTrials):
         return {(d.get("worker") or {}).get("id") for d in self._trials if d.get("state") == JOB_STATE_RUNNING}
 
     def _insert_trial_docs(self, docs):
+        if not docs:
+            return []
+        self._fence(len(docs))
         for doc in docs:
-            spec = base.spec_from_misc(doc["misc"])
-            doc["study"] = self._study.name
-            doc["params"] = space_eval(self._space, spec)
-            doc["attempts"] = 0
+            TrialStore.stamp(doc, space_eval(self._space, base.spec_from_misc(doc["misc"])))
         return super()._insert_trial_docs(docs)
-
-
-class _PendingView:
-    """``trials`` plus suggestions not inserted yet, as the algorithms read them."""
-
-    def __init__(self, trials, pending: list):
-        self._trials = trials
-        self._pending = pending
-
-    @property
-    def trials(self):
-        return list(self._trials.trials) + self._pending
-
-    def __len__(self):
-        return len(self._trials.trials) + len(self._pending)
-
-    def new_trial_docs(self, *args, **kwargs):
-        return self._trials.new_trial_docs(*args, **kwargs)
-
-
-def _fill_batch(algo):
-    """Make ``algo`` return one trial for every new id it is given.
-
-    The elastic queue asks for several trials at once (all the idle workers'),
-    but hyperopt's ``tpe.suggest`` returns only the first and ``anneal.suggest``
-    refuses more than one id.  The rest are suggested one at a time, each
-    seeing the earlier ones as pending (loss unknown), just as fmin's own loop
-    would after inserting them, but without a database round trip per trial.
-    """
-
-    def suggest(new_ids, domain, trials, seed):
-        new_ids = list(new_ids)
-        docs = [] if algo is anneal.suggest and len(new_ids) > 1 else list(algo(new_ids, domain, trials, seed))
-        for i, new_id in enumerate(new_ids[len(docs):], start=len(docs)):
-            got = algo([new_id], domain, _PendingView(trials, docs) if docs else trials, (seed + i) % (2**31 - 1))
-            if not got:
-                break
-            docs.extend(got)
-        return docs
-
-    return suggest
 
 
 class _ElasticFMinIter(FMinIter):
@@ -289,54 +232,78 @@ class _ElasticFMinIter(FMinIter):
         self.trials.refresh()
 
 
+class _LeaseKeeper(threading.Thread):
+    """Heartbeats the coordinator's lease on its study; notices when it was taken over."""
+
+    def __init__(self, studies: StudyStore, name: str, token: str, every_s: float):
+        super().__init__(name="mongotune-coordinator-lease", daemon=True)
+        self.studies, self.study, self.token, self.every_s = studies, name, token, every_s
+        self.halt = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self):
+        while not self.halt.wait(self.every_s):
+            try:
+                if not self.studies.beat_coordinator(self.study, self.token):
+                    log.error("study %s: another coordinator took over; stopping this one", self.study)
+                    self.lost.set()
+                    return
+            except Exception as exc:  # noqa: BLE001 - the database may be away; the fence still guards
+                log.warning("study %s: coordinator heartbeat failed (%s); retrying", self.study, type(exc).__name__)
+
+
 class Coordinator:
     """Create, run, resume and inspect studies in one MongoDB database."""
 
     def __init__(self, url: str, *, retry: RetryPolicy | None = None, poll_s: float = 0.1):
-        self.retry = retry or RetryPolicy()
-        self.client, self.db, self.parsed = self.retry.call(lambda: open_client(url), "connect")
+        self.client, self.db, self.parsed = open_client(url)  # a bad URL or an absent server: one error now
+        self.retry = retry or RetryPolicy(max_wait_s=30.0)  # one-shot reads: fail after a while
         self.url = self.parsed.redacted
         self.jobs = self.db[self.parsed.collection]
+        self.trials = TrialStore(self.db, self.jobs)
         self.studies = StudyStore(self.db)
+        self.workers = WorkerRegistry(self.db)
         self.poll_s = poll_s
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.retry.call(self._ensure_indexes, "create indexes")
 
     def _ensure_indexes(self):
-        self.db.studies.create_index("created")
-        self.jobs.create_index([("study", 1), ("state", 1), ("tid", 1)])
-        self.jobs.create_index([("exp_key", 1), ("state", 1)])
-        self.db.workers.create_index("heartbeat")
+        self.studies.ensure_indexes()
+        self.trials.ensure_indexes()
+        self.workers.ensure_indexes()
 
     def close(self):
         self.client.close()
 
     # ------------------------------------------------------------ studies
     def create(self, study: Study, *, exist_ok: bool = False) -> Study:
-        resolve_space(study)  # a bad model/space fails here, before anything is written
+        """Validate everything about ``study`` that can be checked here, then write it."""
+        from ..search.pruners import validate_pruner
+
+        study.validate()
+        if study.space is None:  # store the resolved space, so resuming needs no model code
+            if study.kind == "keras":
+                from ..objectives.keras_launch import resolve_keras_space
+
+                study.space = resolve_keras_space(study.objective)
+            else:
+                study.space = dict(DEFAULT_SYNTHETIC_SPACE)
+        resolve_space(study)  # a bad space fails here, before anything is written
+        suggest_for(study)  # and bad search options
+        max_epochs = (study.objective.get("training") or {}).get("epochs")
+        study.pruner = validate_pruner(study.pruner, max_epochs)
         return self.retry.call(lambda: self.studies.create(study, exist_ok=exist_ok), "create study")
 
     def snapshot(self, name: str, started: float | None = None) -> Snapshot:
-        study = self.studies.get(name)
-        return self.retry.call(lambda: snapshot(self.db, study, self.jobs, started), "read progress")
+        study = self.retry.call(lambda: self.studies.get(name), "read study")
+        return self.retry.call(lambda: snapshot(self.trials, self.workers, study, started), "read progress")
 
     def requeue(self, name: str, tid: int | None = None) -> list[int]:
-        """Operator action: put running (or one chosen) trials back in the queue."""
+        """Operator action: put running (or one chosen running/errored) trials back in the queue."""
         study = self.studies.get(name)
-        q = {"exp_key": study.exp_key, "state": JOB_STATE_RUNNING}
-        if tid is not None:
-            q = {"exp_key": study.exp_key, "tid": tid, "state": {"$in": [JOB_STATE_RUNNING, JOB_STATE_ERROR]}}
-            if self.jobs.count_documents(q) == 0:
-                raise ConfigError(f"study {name!r} has no running or errored trial {tid}")
-        tids = []
-        for doc in self.jobs.find(q, projection=["tid", "lease_token", "state"]):
-            res = self.jobs.update_one(
-                {"_id": doc["_id"], "state": doc["state"], "lease_token": doc.get("lease_token")},
-                {"$set": {"state": JOB_STATE_NEW, "owner": None, "lease_token": None, "book_time": None,
-                          "worker": None},
-                 "$push": {"requeues": {"reason": "operator"}}, "$inc": {"version": 1}},
-            )
-            if res.matched_count:
-                tids.append(doc["tid"])
+        tids = self.retry.call(lambda: self.trials.requeue(study.exp_key, tid, "operator"), "requeue")
+        if tid is not None and not tids:
+            raise ConfigError(f"study {name!r} has no running or errored trial {tid}")
         return tids
 
     # ------------------------------------------------------------ running
@@ -351,7 +318,7 @@ class Coordinator:
         now = time.monotonic()
         if now - cache.get("t", 0.0) > 0.5:
             try:
-                live = live_workers(self.db, study.name)
+                live = self.workers.live(study.exp_key)
                 # a worker's own document lags its reservation by up to one
                 # heartbeat, so busy workers are read from the running trials
                 running = self.jobs.find({"state": JOB_STATE_RUNNING}, projection=["worker.id", "exp_key"])
@@ -367,54 +334,131 @@ class Coordinator:
         spare = study.queue_spare if study.queue_spare is not None else spare_for(len(cache["live"]))
         return max(1, idle + spare)
 
+    def acquire(self, name: str, *, wait: bool = False, stop: threading.Event | None = None,
+                on_wait: Callable[[str], None] | None = None) -> str:
+        """Take the study's coordinator lease; with ``wait``, until the current holder lets go."""
+        holder = {"id": self.id, **holder_info()}
+        told = False
+        while True:
+            try:
+                return self.retry.call(lambda: self.studies.acquire_coordinator(name, holder), "take the study")
+            except StudyBusy as exc:
+                if not wait:
+                    raise
+                if on_wait and not told:
+                    on_wait(str(exc).split(";")[0] + "; waiting for it to end")
+                    told = True
+                if stop is not None and stop.wait(2.0):
+                    raise
+                if stop is None:
+                    time.sleep(2.0)
+
     def run(self, name: str, *, progress: Callable[[Snapshot], None] | None = None,
-            stop: threading.Event | None = None, progress_every_s: float = 0.5) -> Snapshot:
+            stop: threading.Event | None = None, progress_every_s: float = 0.5, wait: bool = False,
+            on_wait: Callable[[str], None] | None = None) -> Snapshot:
         """Run (or resume) a study until it has ``max_evals`` finished trials.
 
-        ``stop`` ends the run early (the study is left resumable).
+        ``stop`` ends the run early (the study is left resumable).  Another
+        live coordinator on the study raises ``StudyBusy`` (or, with ``wait``,
+        is waited for).  An outage of the database pauses the run.
         """
         study = self.studies.get(name)
         space = resolve_space(study)
+        suggest = fill_batch(suggest_for(study))
+        token = self.acquire(name, wait=wait, stop=stop, on_wait=on_wait)
+        study = self.studies.get(name)  # re-read: a `resume --max-evals` may have raised the budget
+        keeper = _LeaseKeeper(self.studies, name, token, COORDINATOR_LEASE_S / 6)
+        keeper.start()
+        retry = FOREVER
         started = time.monotonic()
         reap_every = max(0.5, min(5.0, study.lease_s / 4.0))
         state = {"reap": 0.0, "progress": 0.0}
+
+        def claim(n: int) -> bool:
+            return retry.call(lambda: self.studies.claim_trials(name, token, n, study.max_evals), "claim trials")
+
+        def fence(n: int) -> None:
+            """Before inserting ``n`` trials: still the study's coordinator, and within budget?"""
+            if not keeper.lost.is_set() and claim(n):
+                return
+            if keeper.lost.is_set() or not retry.call(lambda: self.studies.beat_coordinator(name, token),
+                                                      "check the study lease"):
+                raise CoordinatorLost(f"study {name!r} was taken over by another coordinator")
+            # the count may be ahead of the documents (a retried increment whose reply was lost):
+            # as the only coordinator, re-count what exists and try once more
+            existing = retry.call(lambda: self.trials.count(study.exp_key), "count trials")
+            if existing + n <= study.max_evals and retry.call(
+                    lambda: self.studies.reset_created(name, token, existing), "reset the trial count") and claim(n):
+                return
+            raise CoordinatorLost(f"study {name!r} already has its {study.max_evals} trials")
 
         def on_poll(trials):
             now = time.monotonic()
             if now - state["reap"] >= reap_every:
                 state["reap"] = now
-                self.retry.call(lambda: leases.requeue_expired(
-                    self.db, self.jobs, {study.exp_key: (study.lease_s, study.max_attempts)}), "requeue expired trials")
+                retry.call(lambda: self.trials.expire({study.exp_key: (study.lease_s, study.max_attempts)}),
+                           "requeue expired trials")
             if progress and now - state["progress"] >= progress_every_s:
                 state["progress"] = now
-                progress(self.retry.call(lambda: snapshot(self.db, study, self.jobs, started), "read progress"))
-            if stop is not None and stop.is_set():
+                progress(retry.call(lambda: snapshot(self.trials, self.workers, study, started), "read progress"))
+            if (stop is not None and stop.is_set()) or keeper.lost.is_set():
                 trials._fmin_cancelled = True
 
-        handle = MongoJobs(self.db, self.jobs, gridfs.GridFS(self.db), self.client, None, "spec", retry=self.retry)
-        trials = _StudyTrials(handle, exp_key=study.exp_key, pickle_domain=False, on_poll=on_poll,
-                              poll_every_s=0.0, retry=self.retry, study=study, space=space)
-        n_existing = self.retry.call(lambda: self.jobs.count_documents({"exp_key": study.exp_key}), "count")
-        remaining = max(0, study.max_evals - n_existing)
-        self.studies.update(name, status="running")
-        queue_cache: dict = {}
-        domain = base.Domain(_never_called, space)
-        it = _ElasticFMinIter(
-            _fill_batch(_algorithm(study)), domain, trials, rstate=np.random.default_rng(study.seed + n_existing),
-            max_evals=study.max_evals, poll_interval_secs=self.poll_s, verbose=False, show_progressbar=False,
-            queue_policy=lambda: self._queue_target(study, queue_cache, trials),
-        )
-        log.info("study %s: %d trials exist, queuing %d more (%s)", name, n_existing, remaining, study.algo)
+        lost = None
         try:
-            it.run(remaining, block_until_done=True)
+            n_existing = retry.call(lambda: self.trials.count(study.exp_key), "count trials")
+            retry.call(lambda: self.studies.reset_created(name, token, n_existing), "reset the trial count")
+            remaining = max(0, study.max_evals - n_existing)
+            retry.call(lambda: self.studies.update(name, status="running"), "update study")
+            handle = MongoJobs(self.db, self.jobs, gridfs.GridFS(self.db), self.client, None, "spec", retry=retry)
+            trials = _StudyTrials(handle, exp_key=study.exp_key, pickle_domain=False, on_poll=on_poll,
+                                  poll_every_s=0.0, retry=retry, space=space, fence=fence)
+            queue_cache: dict = {}
+            it = _ElasticFMinIter(
+                suggest, base.Domain(_never_called, space), trials,
+                rstate=np.random.default_rng(study.seed + n_existing), max_evals=study.max_evals,
+                poll_interval_secs=self.poll_s, verbose=False, show_progressbar=False,
+                queue_policy=lambda: self._queue_target(study, queue_cache, trials))
+            log.info("study %s: %d trials exist, queuing %d more (%s)", name, n_existing, remaining, study.algo)
+            try:
+                it.run(remaining, block_until_done=True)
+            except CoordinatorLost as exc:
+                if keeper.lost.is_set() or "taken over" in str(exc):
+                    lost = exc
+                else:  # the budget is spent: wait for what is queued, as fmin would
+                    it.block_until_done()
+            if keeper.lost.is_set() and lost is None:
+                lost = CoordinatorLost(f"study {name!r} was taken over by another coordinator")
         finally:
-            snap = self.retry.call(lambda: snapshot(self.db, study, self.jobs, started), "read progress")
-            complete = snap.finished >= study.max_evals and not snap.counts["queued"] and not snap.counts["running"]
-            best = None
-            if snap.best_loss is not None:
-                best = {"tid": snap.best_tid, "loss": snap.best_loss, "params": snap.best_params}
-            self.retry.call(lambda: self.studies.update(name, status="done" if complete else "interrupted",
-                                                        best=best), "update study")
+            keeper.halt.set()
+            snap = retry.call(lambda: snapshot(self.trials, self.workers, study, started), "read progress")
+            if lost is None:
+                complete = (snap.finished >= study.max_evals or self._exhausted(study, snap)) and not (
+                    snap.counts["queued"] or snap.counts["running"])
+                best = None
+                if snap.best_tid is not None:
+                    best = {"tid": snap.best_tid, "loss": snap.best_loss, "params": snap.best_params,
+                            "metric": snap.best_metric}
+                retry.call(lambda: self.studies.update(name, status="done" if complete else "interrupted",
+                                                       best=best), "update study")
+                retry.call(lambda: self.studies.release_coordinator(name, token), "release the study")
             if progress:
                 progress(snap)
+        if lost is not None:
+            raise lost
         return snap
+
+    @staticmethod
+    def _exhausted(study: Study, snap: Snapshot) -> bool:
+        """A search with a finite set of points (grid) that produced all of them."""
+        if study.algo != "grid":
+            return False
+        try:
+            from ..search.grid import grid_size
+
+            return snap.finished >= grid_size(resolve_space(study), study.search.get("grid_points"))
+        except Exception:  # noqa: BLE001 - no grid module, or a space it cannot count
+            return False
+
+
+__all__ = ["Coordinator", "CoordinatorLost", "Snapshot", "StudyBusy", "resolve_space", "snapshot", "suggest_for"]

@@ -1,23 +1,31 @@
-"""The worker pool loop: reserve a trial, train it under a lease, report, repeat.
+"""The worker: reserve a trial, run it under a lease, report every step, record the end, repeat.
 
-One ``Worker`` per GPU (or per CPU slot).  It stays in the pool until told to
-stop (``idle_timeout``/``max_trials``, a signal, or ``request_stop``), so
-TensorFlow and the memory-mapped dataset stay loaded between trials.
+One ``Worker`` per GPU (or per CPU slot), on any host.  It stays in the pool
+until told to stop (``idle_timeout``/``max_trials``, a signal, or
+``request_stop``), so TensorFlow and the memory-mapped dataset stay loaded
+between trials.  Every write to a trial goes through ``store.trialdoc``.
 
-Failure handling, in one place:
+What happens when things go wrong, in one place:
 
-* an exception, NaN/inf loss or out-of-memory inside the objective is
-  recorded on the trial (``result.status = "fail"`` with kind, reason and a
-  traceback tail) and the worker takes the next trial;
-* the lease (see ``leases``) is refreshed from a background thread; if it is
-  lost, the objective is asked to stop and its result is discarded;
-* on ``request_stop`` (SIGTERM/SIGINT through the CLI) the running trial is
-  handed back to the queue at once;
-* transient database errors are retried with backoff (``RetryPolicy``).
+* the objective raises, returns NaN/inf, runs out of memory: the trial is
+  failed with the reason (``result.failure``) and the worker goes on;
+* the pruner stops the trial: it ends at once as pruned, keeping its curve
+  and files, and the worker takes the next one;
+* the lease is lost (another worker took the trial over, or someone finished
+  it first): the objective is asked to stop and its result is dropped;
+* the heartbeat thread dies of an unexpected error: the trial is stopped and
+  handed back, and a new heartbeat thread starts;
+* ``request_stop`` (SIGTERM/SIGINT through the CLI): the trial is handed back
+  to the queue at once, without counting an attempt;
+* the database goes away, for however long: every write is retried until it
+  goes through (a log line says so); a finished result is first written to a
+  local spool file, so not even a crash of the waiting worker loses it: the
+  next worker started on this host delivers it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -25,27 +33,33 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pymongo
-from hyperopt.base import JOB_STATE_RUNNING
 
-from ..store import trialdoc as leases
-from ..errors import TrialFailure
-from ..objectives import TrialContext, get_objective
-from ..store import MongoJobs, RetryPolicy, encode, open_client, utcnow
+from .. import paths
+from ..errors import TrialFailure, TrialPruned
+from ..objectives import TrialContext, get_objective, runs_user_code
+from ..search.pruners import Pruner, StudyCurves, TrialCurve, make_pruner, orient
+from ..store import RetryPolicy, decode, encode, open_client
+from ..store._connection import FOREVER, is_transient
+from ..store._url import parse_mongo_url
 from ..store.studies import Study, StudyStore
-from ..cluster.slurm import worker_identity as slurm_task
+from ..store.trialdoc import (DEFAULT_LEASE_S, DONE, RUNNING, Lease, TrialStore, failure_result, new_token,
+                              validate_result)
+from ..store.workers import WorkerRegistry
 
 log = logging.getLogger("mongotune.worker")
 
-TRACEBACK_TAIL_LINES = 15
+STUDIES_REFRESH_S = 2.0
+REPORT_RETRY = RetryPolicy(max_wait_s=5.0, log_every_s=60.0)  # a curve point must not stall training for long
 
 
 @dataclass
 class WorkerConfig:
     url: str
-    study: str | None = None
+    study: str | None = None  # only this study's trials
     gpu: str | None = None
     idle_timeout: float | None = None
     max_trials: int | None = None
@@ -53,8 +67,10 @@ class WorkerConfig:
     poll_max_s: float = 0.25
     heartbeat_s: float | None = None  # default: min(lease/4, 5 s)
     reap_every_s: float = 5.0
-    retry_max_wait_s: float = 300.0
-    artifacts: str | None = None
+    artifacts: str | None = None  # this host's artifact root (default $MONGOTUNE_ARTIFACTS or $MONGOTUNE_HOME/artifacts)
+    allowed_roots: list[str] = field(default_factory=list)  # where files named by a study may be read
+    allow_user_code: bool = False  # run command studies and user model functions
+    spool_dir: str | None = None  # finished results waiting for the database (default $MONGOTUNE_HOME/spool)
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
@@ -65,52 +81,83 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "exception", f"{name}: {text[:500]}"
 
 
-def failure_result(kind: str, reason: str, tb: str | None = None) -> dict:
-    failure = {"kind": kind, "reason": reason}
-    if tb:
-        failure["traceback"] = "\n".join(tb.rstrip().splitlines()[-TRACEBACK_TAIL_LINES:])
-    return {"status": "fail", "failure": failure}
+def _interrupted(result: dict) -> bool:
+    return result.get("status") == "fail" and result.get("failure", {}).get("kind") == "interrupted"
 
 
-def normalise_result(result) -> dict:
-    """Accept a float or a dict; fail results whose loss is not a finite number."""
-    import math
+def _under(path: str, roots: list[Path]) -> bool:
+    p = Path(os.path.expanduser(path)).resolve()
+    return any(p == r or r in p.parents for r in roots)
 
-    if not isinstance(result, dict):
-        result = {"status": "ok", "loss": result}
-    result = dict(result)
-    result.setdefault("status", "ok")
-    if result["status"] == "ok":
-        loss = result.get("loss")
-        try:
-            finite = loss is not None and math.isfinite(float(loss))
-        except (TypeError, ValueError):
-            finite = False
-        if not finite:
-            failure = {"kind": "nan", "reason": f"objective returned a non-finite loss ({loss!r})"}
-            return {**result, "status": "fail", "failure": failure}
-    return result
+
+class _CurveCache:
+    """The study's curves as a pruner sees them, read incrementally.
+
+    Finished trials never change, so they are read once (those finished since
+    the last read, by ``refresh_time``); running trials are read every time.
+    """
+
+    def __init__(self, trials: TrialStore, study: Study):
+        self.trials, self.study = trials, study
+        self.done: dict[int, TrialCurve] = {}
+        self.since = None
+
+    def read(self) -> StudyCurves:
+        goal = self.study.goal
+        q_done = {"exp_key": self.study.exp_key, "state": DONE}
+        if self.since is not None:
+            q_done["refresh_time"] = {"$gt": self.since}
+        fields = ["tid", "state", "curve", "refresh_time"]
+        for doc in self.trials.jobs.find(q_done, projection=fields):
+            self.done[doc["tid"]] = TrialCurve(doc["tid"], {p["step"]: orient(p["value"], goal)
+                                                            for p in decode(doc.get("curve") or [])}, True)
+            t = doc.get("refresh_time")
+            if t is not None and (self.since is None or t > self.since):
+                self.since = t
+        if self.since is not None:  # writes stamped just before the newest one may land just after it
+            import datetime
+
+            self.since -= datetime.timedelta(seconds=2)
+        curves = StudyCurves(dict(self.done))
+        for doc in self.trials.jobs.find({"exp_key": self.study.exp_key, "state": RUNNING}, projection=fields):
+            curves.trials[doc["tid"]] = TrialCurve(doc["tid"], {p["step"]: orient(p["value"], goal)
+                                                                for p in decode(doc.get("curve") or [])})
+        return curves
 
 
 class Worker:
     def __init__(self, config: WorkerConfig):
         self.config = config
-        self.retry = RetryPolicy(max_wait_s=config.retry_max_wait_s)
-        self.client, self.db, self.parsed = self.retry.call(lambda: open_client(config.url), "connect")
+        self.retry = FOREVER
+        parsed = parse_mongo_url(config.url)  # a malformed URL fails now, with one line
+        self.client, self.db, self.parsed = open_client(parsed, check=False)
+        self.retry.call(lambda: self.client.admin.command("ping"), "connect")
         self.jobs = self.db[self.parsed.collection]
-        self.mj = MongoJobs(self.db, self.jobs, None, self.client, None, "spec", retry=self.retry)
+        self.trials = TrialStore(self.db, self.jobs)
         self.studies = StudyStore(self.db)
+        self.registry = WorkerRegistry(self.db)
         self.host = socket.gethostname()
         self.id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.info = {"id": self.id, "host": self.host, "pid": os.getpid(), "gpu": config.gpu}
+        self.artifacts_root = Path(os.path.expanduser(config.artifacts)) if config.artifacts else paths.artifacts_dir()
+        self.spool = Path(config.spool_dir) if config.spool_dir else paths.home() / "spool"
+        from ..data import default_cache_dir
+
+        self.allowed_roots = [Path(os.path.expanduser(r)).resolve() for r in
+                              [*config.allowed_roots, *_env_roots(), str(default_cache_dir()), str(self.artifacts_root)]]
         self.trials_done = 0
         self._stop = threading.Event()
-        self._lease_lost = threading.Event()
-        self._current: dict | None = None
+        self._current: Lease | None = None
         self._progress: dict | None = None
         self._lock = threading.Lock()
         self._study_cache: dict[str, tuple[float, Study]] = {}
+        self._keys: tuple[float, list[str]] = (-1e9, [])
+        self._curves: dict[str, _CurveCache] = {}
+        self._pruners: dict[str, Pruner] = {}
         self._last_reap = 0.0
         self._hb_thread: threading.Thread | None = None
+        self._hb_stop = threading.Event()
+        self._hb_error: BaseException | None = None
         self.exit_reason = None
 
     # ------------------------------------------------------------ control
@@ -123,56 +170,97 @@ class Worker:
         return self._stop.is_set()
 
     # ------------------------------------------------------------ studies
-    def _study(self, name: str) -> Study:
-        hit = self._study_cache.get(name)
+    def _study(self, exp_key: str) -> Study | None:
+        hit = self._study_cache.get(exp_key)
         if hit and time.monotonic() - hit[0] < 10:
             return hit[1]
-        study = self.retry.call(lambda: self.studies.get(name), "load study")
-        self._study_cache[name] = (time.monotonic(), study)
+        study = self.retry.call(lambda: self.studies.by_exp_key(exp_key), "load study")
+        if study is not None:
+            self._study_cache[exp_key] = (time.monotonic(), study)
         return study
+
+    def _runnable_keys(self) -> list[str]:
+        """The studies whose trials this worker takes (refreshed every few seconds)."""
+        at, keys = self._keys
+        if time.monotonic() - at < STUDIES_REFRESH_S:
+            return keys
+        if self.config.study:
+            study = self.retry.call(lambda: self.studies.find(self.config.study), "load study")
+            docs = {study.exp_key: study.objective} if study else {}
+        else:
+            docs = self.retry.call(self._objectives, "list studies")
+        keys = [k for k, obj in docs.items() if self.config.allow_user_code or not runs_user_code(obj)]
+        skipped = sorted(set(docs) - set(keys))
+        if skipped and skipped != getattr(self, "_told_skip", None):
+            self._told_skip = skipped
+            log.info("not taking trials of %s: they run user code (start the worker with --allow-user-code "
+                     "to allow it)", ", ".join(k.split(":", 1)[-1] for k in skipped))
+        self._keys = (time.monotonic(), keys)
+        return keys
+
+    def _objectives(self) -> dict[str, dict]:
+        out = {}
+        for d in self.studies.coll.find({}, projection=["exp_key", "objective"]):
+            obj = d.get("objective")
+            out[d.get("exp_key") or f"mongotune:{d['_id']}"] = obj if isinstance(obj, dict) else {"kind": obj}
+        return out
 
     def _heartbeat_interval(self, study: Study | None) -> float:
         if self.config.heartbeat_s:
             return self.config.heartbeat_s
-        lease = study.lease_s if study else leases.DEFAULT_LEASE_S
+        lease = study.lease_s if study else DEFAULT_LEASE_S
         return max(0.2, min(lease / 4.0, 5.0))
 
-    # ------------------------------------------------------------ registry
-    def _register(self) -> None:
-        doc = {"_id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu,
-               "study": self.config.study, "status": "idle", "current": None, "trials_done": 0,
-               "started": utcnow()}
-        slurm = slurm_task()
-        if slurm:  # started by `mongotune slurm submit`: `slurm status` pairs it with its array task
-            doc["slurm"] = slurm
-        self.retry.call(lambda: self.db.workers.replace_one({"_id": self.id}, doc, upsert=True), "register worker")
-        self._beat_worker()
-
+    # ------------------------------------------------------------ heartbeats
     def _beat_worker(self) -> None:
         with self._lock:
-            current = self._current
-            fields = {"status": "stopping" if self.stopping else ("running" if current else "idle"),
-                      "current": {"study": current["study"], "tid": current["tid"]} if current else None,
-                      "trials_done": self.trials_done}
-        self.db.workers.update_one({"_id": self.id}, {"$set": fields, "$currentDate": {"heartbeat": True}})
+            lease = self._current
+        status = "stopping" if self.stopping else ("running" if lease else "idle")
+        current = {"exp_key": lease.exp_key, "study": lease.exp_key.split(":", 1)[-1], "tid": lease.tid} if lease else None
+        self.registry.beat(self.id, status, current, self.trials_done)
 
     def _heartbeat_loop(self) -> None:
-        while not self._hb_stop.is_set():
-            with self._lock:
-                current = self._current
-                progress = self._progress
-                interval = current["hb_s"] if current else 2.0
-            try:
-                if current is not None:
-                    extra = {"progress": progress} if progress else None
-                    if not leases.heartbeat(self.jobs, current["_id"], current["token"], extra):
-                        if not self._lease_lost.is_set():
-                            log.warning("lease on trial %s was taken over; abandoning it", current["tid"])
-                        self._lease_lost.set()
-                self._beat_worker()
-            except pymongo.errors.PyMongoError as exc:
-                log.warning("heartbeat failed (%s); will retry", type(exc).__name__)
-            self._hb_stop.wait(interval)
+        """Refresh the current lease and the worker's own document until told to stop.
+
+        Database errors are logged and retried at the next beat.  Any other
+        error ends the thread; the trial notices (``should_stop``) and is
+        handed back, and ``_ensure_heartbeat`` starts a new thread.
+        """
+        warned_at = 0.0
+        try:
+            while not self._hb_stop.is_set():
+                with self._lock:
+                    lease, progress = self._current, self._progress
+                interval = self._hb_interval if lease else 2.0
+                try:
+                    if lease is not None and not lease.lost.is_set():
+                        if not self.trials.heartbeat(lease, progress):
+                            log.warning("lease on trial %s was taken over; abandoning it", lease.tid)
+                            lease.lost.set()
+                    self._beat_worker()
+                except pymongo.errors.PyMongoError as exc:
+                    if time.monotonic() - warned_at > 30:
+                        warned_at = time.monotonic()
+                        log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
+                self._hb_stop.wait(interval)
+        except BaseException as exc:  # noqa: BLE001 - recorded; the main loop reacts
+            self._hb_error = exc
+            log.error("heartbeat thread died: %s: %s", type(exc).__name__, exc)
+            raise
+
+    def _ensure_heartbeat(self) -> None:
+        if self._hb_thread is not None and self._hb_thread.is_alive():
+            return
+        if self._hb_thread is not None:
+            log.warning("starting a new heartbeat thread")
+        self._hb_error = None
+        self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="mongotune-heartbeat", daemon=True)
+        self._hb_thread.start()
+
+    def _heartbeat_dead(self) -> bool:
+        return self._hb_thread is not None and not self._hb_thread.is_alive() and not self._hb_stop.is_set()
+
+    _hb_interval = 2.0
 
     # ------------------------------------------------------------ leases
     def _maybe_reap(self) -> None:
@@ -180,96 +268,220 @@ class Worker:
         if now - self._last_reap < self.config.reap_every_s:
             return
         self._last_reap = now
-        query = {"state": JOB_STATE_RUNNING, "study": {"$exists": True}}
-        if self.config.study:
-            query["study"] = self.config.study
-        names = {d.get("study") for d in self.jobs.find(query, projection=["study"])}
         settings = {}
-        for name in names:
-            try:
-                st = self._study(name)
-            except Exception:  # noqa: BLE001 - a deleted study must not stop the pool
+        for exp_key in self.trials.running_exp_keys():
+            if self.config.study and exp_key != f"mongotune:{self.config.study}":
                 continue
-            settings[st.exp_key] = (st.lease_s, st.max_attempts)
-        leases.requeue_expired(self.db, self.jobs, settings)
+            study = self._study(exp_key)
+            if study is not None:
+                settings[exp_key] = (study.lease_s, study.max_attempts)
+        self.trials.expire(settings)
+
+    def _reserve(self) -> Lease | None:
+        """Take a trial; every attempt uses a fresh token, and a retry first looks for what an attempt
+        whose reply was lost may have taken."""
+        keys = self._runnable_keys()
+        if not keys:
+            return None
+        tokens: list[str] = []
+        while True:
+            try:
+                if tokens:
+                    held = self.trials.held_by(tokens)
+                    if held is not None:
+                        log.info("trial %s: found the reservation whose reply was lost", held.tid)
+                        return held
+                tokens.append(new_token())
+                return self.trials.reserve(self.info, keys, tokens[-1])
+            except Exception as exc:  # noqa: BLE001 - transient errors only; others propagate
+                if not is_transient(exc):
+                    raise
+                self.retry.call(lambda: self.client.admin.command("ping"), "reserve trial")
+
+    # ------------------------------------------------------------ spool: results waiting for the database
+    def _spool_path(self, lease: Lease) -> Path:
+        safe = lease.exp_key.replace(":", "_").replace("/", "_")
+        return self.spool / f"{safe}-{lease.tid}-{lease.token}.json"
+
+    def _deliver(self, lease: Lease, result: dict, extra: dict) -> bool:
+        """Write a finished result, keeping it on disk until the database has taken it."""
+        path = self._spool_path(lease)
+        try:
+            self.spool.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"exp_key": lease.exp_key, "tid": lease.tid, "token": lease.token,
+                                       "attempt": lease.attempt, "result": encode(result), "extra": encode(extra)}))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot spool trial %s's result to %s (%s); delivering from memory", lease.tid, path, exc)
+        ok = self.retry.call(lambda: self.trials.finish(lease, result, extra), "report result")
+        path.unlink(missing_ok=True)
+        return ok
+
+    def flush_spool(self) -> int:
+        """Deliver results that an earlier worker on this host finished but could not write."""
+        if not self.spool.is_dir():
+            return 0
+        n = 0
+        for path in sorted(self.spool.glob("*.json")):
+            claimed = path.with_name(path.name + f".{os.getpid()}")
+            try:
+                os.rename(path, claimed)  # one worker per file
+            except OSError:
+                continue
+            try:
+                held = json.loads(claimed.read_text())
+                lease = Lease(None, int(held["tid"]), held["exp_key"], held["token"], int(held.get("attempt", 1)))
+                ok = self.retry.call(lambda: self.trials.finish(lease, decode(held["result"]),
+                                                                decode(held.get("extra") or {})), "report result")
+                log.info("trial %s: spooled result %s", lease.tid, "delivered" if ok else
+                         "dropped (the trial was finished by another worker)")
+                n += ok
+            except (ValueError, KeyError, OSError) as exc:
+                log.warning("unreadable spooled result %s: %s", claimed.name, exc)
+            claimed.unlink(missing_ok=True)
+        return n
 
     # ------------------------------------------------------------ loop
-    def _reserve(self) -> dict | None:
-        cond = {"study": self.config.study} if self.config.study else {"study": {"$exists": True}}
-        token = leases.new_token()
-        info = {"id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu}
-        job = self.retry.call(
-            lambda: self.mj.reserve(self.id, cond=cond, extra_set={"lease_token": token, "worker": info}),
-            "reserve trial",
-        )
-        if job is not None and job.get("lease_token") != token:
-            return None
-        return job
-
     def run(self) -> str:
         """Work until stopped; return why (``stopped``, ``idle-timeout``, ``max-trials``)."""
-        self._register()
-        self._hb_stop = threading.Event()
-        self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="mongotune-heartbeat", daemon=True)
-        self._hb_thread.start()
+        info = {"_id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu,
+                "study": self.config.study,
+                "exp_key": f"mongotune:{self.config.study}" if self.config.study else None,
+                "allow_user_code": self.config.allow_user_code}
+        from ..cluster.slurm import worker_identity as slurm_task
+
+        slurm = slurm_task()
+        if slurm:  # started by `mongotune slurm submit`: `slurm status` pairs it with its array task
+            info["slurm"] = slurm
+        self.retry.call(lambda: self.registry.register(info), "register worker")
+        self._hb_stop.clear()
+        self._ensure_heartbeat()
+        self.flush_spool()
         idle_since = time.monotonic()
         poll = self.config.poll_min_s
         reason = "stopped"
-        log.info("worker %s joined (study: %s, gpu: %s)", self.id, self.config.study or "any", self.config.gpu)
+        log.info("worker %s joined (study: %s, gpu: %s, artifacts: %s)", self.id, self.config.study or "any",
+                 self.config.gpu, self.artifacts_root)
         try:
             while not self.stopping:
                 if self.config.max_trials is not None and self.trials_done >= self.config.max_trials:
                     reason = "max-trials"
                     break
+                self._ensure_heartbeat()
                 self.retry.call(self._maybe_reap, "requeue expired trials")
-                job = self._reserve()
-                if job is None:
+                lease = self._reserve()
+                if lease is None:
                     if self.config.idle_timeout is not None and time.monotonic() - idle_since > self.config.idle_timeout:
                         reason = "idle-timeout"
                         break
                     self._stop.wait(poll)
                     poll = min(poll * 1.5, self.config.poll_max_s)
                     continue
-                self._run_job(job)
+                self._run_trial(lease)
                 idle_since = time.monotonic()
                 poll = self.config.poll_min_s
         finally:
             self._hb_stop.set()
-            self._hb_thread.join(timeout=5)
+            if self._hb_thread is not None:
+                self._hb_thread.join(timeout=5)
             try:
-                self.db.workers.update_one({"_id": self.id}, {"$set": {"status": "stopped", "current": None,
-                                                                       "stopped": utcnow(), "exit": reason}})
+                self.registry.stopped(self.id, reason)
             except pymongo.errors.PyMongoError:
                 pass
             log.info("worker %s leaving: %s after %d trials", self.id, reason, self.trials_done)
         self.exit_reason = reason
         return reason
 
-    def _run_job(self, job: dict) -> None:
-        tid = job.get("tid")
-        token = job["lease_token"]
-        study_name = job.get("study")
-        try:
-            study = self._study(study_name)
-        except Exception as exc:  # noqa: BLE001
-            leases.finish(self.jobs, job["_id"], token, failure_result("config", f"cannot load study: {exc}"))
+    # ------------------------------------------------------------ one trial
+    def _artifacts_dir(self, study: Study, lease: Lease) -> Path:
+        root = self.artifacts_root
+        if study.artifacts_root and _under(study.artifacts_root, self.allowed_roots):
+            root = Path(os.path.expanduser(study.artifacts_root))
+        path = root / study.name / f"trial-{lease.tid:05d}" / f"attempt-{lease.attempt}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _check_paths(self, study: Study) -> None:
+        """Files a study names are read only inside this worker's allowed roots."""
+        if study.kind != "keras":
             return
-        self._lease_lost.clear()
+        from ..objectives.keras_trial import KerasSettings
+
+        for p in KerasSettings.of(study).local_paths():
+            if not _under(p, self.allowed_roots):
+                raise TrialFailure("config", f"the study names {p}, which is outside this worker's allowed "
+                                             f"roots; start the worker with --allow-root DIR to allow it")
+
+    def _pruner(self, study: Study) -> Pruner:
+        if study.name not in self._pruners:
+            max_epochs = (study.objective.get("training") or {}).get("epochs")
+            self._pruners[study.name] = make_pruner(study.pruner, max_epochs)
+            self._curves[study.name] = _CurveCache(self.trials, study)
+        return self._pruners[study.name]
+
+    def _report_step(self, lease: Lease, study: Study, pending: list, started: float, step: int,
+                     value: float) -> bool:
+        """Record one reading on the curve, then ask the pruner.  A reading the database cannot take
+        right now is kept and written with the next one (no pruning decision meanwhile)."""
+        pending.append((int(step), float(value), time.monotonic() - started))
+        try:
+            while pending:
+                s, v, t = pending[0]
+                if not REPORT_RETRY.call(lambda: self.trials.report(lease, s, v, t), "record a step"):
+                    if not self.trials.has_step(lease, s):
+                        lease.lost.set()  # the lease is gone: the trial stops
+                        return False
+                pending.pop(0)
+            pruner = self._pruner(study)
+            if pruner.name == "none" or not pruner.decides_at(lease.tid, int(step)):
+                return False
+            curves = REPORT_RETRY.call(self._curves[study.name].read, "read curves")
+            decision = pruner.should_prune(curves, lease.tid, int(step))
+            if decision:
+                log.info("trial %s: pruned at step %s (%s)", lease.tid, step, pruner.describe())
+            return decision
+        except Exception as exc:  # noqa: BLE001 - the database is away: train on, decide later
+            if not is_transient(exc):
+                raise
+            log.warning("trial %s: step %s kept locally until the database is back", lease.tid, step)
+            return False
+
+    def _run_trial(self, lease: Lease) -> None:
+        study = self._study(lease.exp_key)
+        if study is None:
+            self._deliver(lease, failure_result("config", f"no study document for {lease.exp_key}"), {})
+            return
+        self._hb_interval = self._heartbeat_interval(study)
         with self._lock:
             self._progress = None
-            self._current = {"_id": job["_id"], "tid": tid, "token": token, "study": study_name,
-                             "hb_s": self._heartbeat_interval(study)}
-        artifacts = study.training.artifacts or self.config.artifacts
-        if artifacts:
-            artifacts = os.path.join(os.path.expanduser(artifacts), study.name, f"trial-{tid:05d}")
+            self._current = lease
+        started = time.monotonic()
+        pending: list = []
+        readings: list[float] = []
+
+        def report_step(step: int, value: float) -> bool:
+            readings.append(float(value))
+            return self._report_step(lease, study, pending, started, step, value)
+
+        def set_progress(info: dict) -> None:
+            with self._lock:
+                self._progress = encode(info)
+
         ctx = TrialContext(
-            tid=tid, attempt=int(job.get("attempts") or 0) + 1, artifacts_dir=artifacts,
-            should_stop=lambda: self.stopping or self._lease_lost.is_set(), report=self._set_progress,
-        )
-        log.info("trial %s of %s: start (attempt %d)", tid, study_name, ctx.attempt)
-        t0 = time.monotonic()
+            tid=lease.tid, attempt=lease.attempt, study=study.name, gpu=self.config.gpu,
+            should_stop=lambda: self.stopping or lease.lost.is_set() or self._heartbeat_dead(),
+            report_step=report_step,
+            set_progress=set_progress)
+        log.info("trial %s of %s: start (attempt %d)", lease.tid, study.name, lease.attempt)
         try:
-            result = normalise_result(get_objective(study.objective)(study, job.get("params") or {}, ctx))
+            self._check_paths(study)
+            art = self._artifacts_dir(study, lease)
+            ctx.artifacts_dir = str(art)
+            self.retry.call(lambda: self.trials.record_artifacts(lease, self.host, str(art)), "record artifacts")
+            result = validate_result(get_objective(study.objective)(study, lease.params, ctx))
+        except TrialPruned as p:
+            result = self._pruned_result(study, readings, p)
         except TrialFailure as f:
             result = failure_result(f.kind, f.reason, traceback.format_exc() if f.kind == "exception" else None)
         except Exception as exc:  # noqa: BLE001 - trial-level failure: record and go on
@@ -277,40 +489,61 @@ class Worker:
             result = failure_result(kind, reason, traceback.format_exc())
         except MemoryError as exc:
             result = failure_result("oom", f"out of memory: {exc}")
-        duration = time.monotonic() - t0
+        duration = time.monotonic() - started
         try:
-            if self.stopping and not self._lease_lost.is_set() and _interrupted(result):
-                if self.retry.call(lambda: leases.release(self.jobs, job["_id"], token, "worker shutdown"),
-                                   "requeue trial"):
-                    log.info("trial %s handed back to the queue (worker shutting down)", tid)
-                return
-            if self._lease_lost.is_set():
-                log.warning("trial %s: lease lost, result discarded", tid)
-                return
-            extra = {"duration_s": round(duration, 3), "finished": utcnow()}
-            ok = self.retry.call(lambda: leases.finish(self.jobs, job["_id"], token, result, extra),
-                                 "report result")
-            if ok:
-                self.trials_done += 1
-                if result.get("status") == "ok":
-                    log.info("trial %s: ok, loss %.5g (%.1fs)", tid, result["loss"], duration)
-                else:
-                    log.warning("trial %s: failed (%s): %s", tid, result["failure"]["kind"],
-                                result["failure"]["reason"])
-            else:
-                log.warning("trial %s: lease was taken over while finishing; result discarded", tid)
+            self._conclude(lease, study, result, duration, pending, started)
         finally:
             with self._lock:
                 self._current = None
                 self._progress = None
 
-    def _set_progress(self, info: dict) -> None:
-        with self._lock:
-            self._progress = encode(info)
+    @staticmethod
+    def _pruned_result(study: Study, readings: list[float], p: TrialPruned) -> dict:
+        """A pruned trial's result: the objective's own (with its loss), or else the loss of its best
+        reading so far (the metric negated when it is maximised)."""
+        result = dict(p.result or {})
+        if "loss" not in result:
+            best = (max if study.goal == "max" else min)(readings) if readings else p.value
+            result["loss"] = None if best is None else orient(best, study.goal)
+            result.setdefault(study.metric.get("name", "metric"), best)
+        result.update(status="ok", pruned=True, pruned_at=p.step)
+        return validate_result(result)
+
+    def _conclude(self, lease: Lease, study: Study, result: dict, duration: float, pending: list,
+                  started: float) -> None:
+        tid = lease.tid
+        if self._heartbeat_dead() and not lease.lost.is_set() and _interrupted(result):
+            err = self._hb_error
+            if self.retry.call(lambda: self.trials.release(
+                    lease, f"heartbeat thread died: {type(err).__name__}: {err}"), "requeue trial"):
+                log.warning("trial %s handed back to the queue (the heartbeat thread died)", tid)
+            return
+        if self.stopping and not lease.lost.is_set() and _interrupted(result):
+            if self.retry.call(lambda: self.trials.release(lease, "worker shutdown"), "requeue trial"):
+                log.info("trial %s handed back to the queue (worker shutting down)", tid)
+            return
+        if lease.lost.is_set() and _interrupted(result):
+            log.warning("trial %s: lease lost, result discarded", tid)
+            return
+        for s, v, t in pending:  # readings the database could not take while the trial ran
+            self.retry.call(lambda: self.trials.report(lease, s, v, t), "record a step")
+        extra = {"duration_s": round(duration, 3), "worker": self.info, "owner": self.id}
+        if self._deliver(lease, result, extra):
+            self.trials_done += 1
+            if result.get("pruned"):
+                log.info("trial %s: pruned at step %s, loss %.5g (%.1fs)", tid, result.get("pruned_at"),
+                         result["loss"], duration)
+            elif result.get("status") == "ok":
+                log.info("trial %s: ok, loss %.5g (%.1fs)", tid, result["loss"], duration)
+            else:
+                log.warning("trial %s: failed (%s): %s", tid, result["failure"]["kind"], result["failure"]["reason"])
+        else:
+            log.warning("trial %s: finished by another worker first; result discarded", tid)
 
 
-def _interrupted(result: dict) -> bool:
-    return result.get("status") == "fail" and result.get("failure", {}).get("kind") == "interrupted"
+def _env_roots() -> list[str]:
+    raw = os.environ.get("MONGOTUNE_ALLOWED_ROOTS", "")
+    return [r for r in raw.split(os.pathsep) if r]
 
 
 def install_signal_handlers(worker: Worker) -> None:

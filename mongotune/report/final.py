@@ -12,32 +12,51 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from hyperopt.base import JOB_STATE_DONE
 
 from .. import paths
 from ..errors import ConfigError
-from ..store import decode, open_client
-from ..store.studies import StudyStore
+from ..store import open_client
+from ..store.studies import Study, StudyStore
+from ..store.trialdoc import TrialRecord, TrialStore
 
 
-def pick_trial(jobs, study, tid: int | None) -> dict:
-    q = {"exp_key": study.exp_key, "state": JOB_STATE_DONE, "result.status": "ok"}
-    if tid is not None:
-        doc = jobs.find_one({**q, "tid": tid})
-        if doc is None:
-            raise ConfigError(f"study {study.name!r} has no successful trial {tid}")
-        return decode(doc)
-    docs = [decode(d) for d in jobs.find(q)]
-    docs = [d for d in docs if isinstance(d["result"].get("loss"), (int, float)) and math.isfinite(d["result"]["loss"])]
-    if not docs:
-        raise ConfigError(f"study {study.name!r} has no successful trial yet")
-    return min(docs, key=lambda d: d["result"]["loss"])
+@dataclass
+class FinalPlan:
+    """What ``final`` will retrain, checked without TensorFlow (so a bad name fails in a second)."""
+
+    url: str
+    study: Study
+    trial: TrialRecord
+    out: Path
+
+
+def plan_final(url: str, name: str, tid: int | None = None, out_dir: str | Path | None = None) -> FinalPlan:
+    client, db, parsed = open_client(url)
+    try:
+        study = StudyStore(db).get(name)
+        if study.kind != "keras":
+            raise ConfigError(f"study {name!r} does not train Keras models (objective {study.kind!r}); "
+                              "`final` retrains Keras models only")
+        trials = TrialStore(db, db[parsed.collection])
+        if tid is not None:
+            trial = trials.get(study.exp_key, tid)
+            if trial is None or trial.loss is None:
+                raise ConfigError(f"study {name!r} has no successful trial {tid}")
+        else:
+            ranked = trials.ranked(study.exp_key, 1)
+            if not ranked:
+                raise ConfigError(f"study {name!r} has no successful trial yet")
+            trial = ranked[0]
+        out = Path(out_dir) if out_dir else paths.artifacts_dir() / name / "final"
+        return FinalPlan(url, study, trial, out)
+    finally:
+        client.close()
 
 
 def _concat(a, b):
@@ -72,32 +91,30 @@ def confusion_png(cm: np.ndarray, class_names: list[str], path: Path, title: str
     plt.close(fig)
 
 
-def run_final(url: str, name: str, tid: int | None = None, out_dir: str | Path | None = None,
-              progress: Callable[[str], None] | None = None) -> dict:
+def run_final(plan: FinalPlan, progress: Callable[[str], None] | None = None) -> dict:
     import keras
     from sklearn.metrics import classification_report, confusion_matrix
 
     from ..data import DataSpec, load
-    from ..objectives.keras_trial import _labels, build_for, compile_model, configure_backend, predict_classes
+    from ..objectives.keras_trial import (KerasSettings, _labels, build_for, compile_model, configure_backend,
+                                          predict_classes)
 
     say = progress or (lambda msg: None)
-    client, db, parsed = open_client(url)
+    client, db, parsed = open_client(plan.url)
     try:
         store = StudyStore(db)
-        study = store.get(name)
-        if study.objective != "keras":
-            raise ConfigError(f"study {name!r} does not train Keras models (objective {study.objective!r})")
-        trial = pick_trial(db[parsed.collection], study, tid)
-        params = trial["params"]
+        study, name, out = plan.study, plan.study.name, plan.out
+        settings = KerasSettings.of(study)
+        trial = {"tid": plan.trial.tid, "result": plan.trial.result}
+        params = plan.trial.params
         epochs = int(trial["result"].get("best_epoch") or trial["result"].get("epochs") or 1)
-        out = Path(out_dir) if out_dir else paths.artifacts_dir() / name / "final"
         out.mkdir(parents=True, exist_ok=True)
 
-        env = configure_backend(study.training.mixed_precision, study.training.xla)
-        say(f"loading dataset {study.dataset.get('name')}")
-        ds = load(DataSpec.from_dict(study.dataset))
-        keras.utils.set_random_seed(int(study.training.seed))
-        model_def, model, coarse = build_for(study, params, ds)
+        env = configure_backend(settings.training.mixed_precision, settings.training.xla)
+        say(f"loading dataset {settings.dataset.get('name')}")
+        ds = load(DataSpec.from_dict(settings.dataset))
+        keras.utils.set_random_seed(int(settings.training.seed))
+        model_def, model, coarse = build_for(settings, params, ds)
         heads = compile_model(model, model_def, params, coarse, xla=env["xla"])
         x = np.concatenate([ds.x_train, ds.x_val])
         y = _concat(_labels(ds, "train", heads), _labels(ds, "val", heads))

@@ -1,31 +1,31 @@
-"""Ranked trials of a study."""
+"""Ranked trials of a study (``mongotune leaderboard``)."""
 
 from __future__ import annotations
 
-import math
-
-from hyperopt.base import JOB_STATE_DONE
-
-from ..store import decode, open_client
+from ..store import open_client
 from ..store.studies import StudyStore
+from ..store.trialdoc import TrialStore
 
 
-def leaderboard(url: str, name: str, top: int = 10) -> list[dict]:
+def leaderboard(url: str, name: str, top: int = 10, *, include_pruned: bool = False) -> tuple[dict, list[dict]]:
+    """``(summary, rows)``: the study's metric and trial counts, and its best trials, best first.
+
+    Each row holds the trial's loss, the study metric's value read from the
+    trial's result (never derived from the loss), epochs, seconds per epoch
+    and params; pruned trials are left out unless ``include_pruned``.
+    """
     client, db, parsed = open_client(url)
     try:
         study = StudyStore(db).get(name)
+        trials = TrialStore(db, db[parsed.collection])
+        metric = study.metric.get("name")
         rows = []
-        for doc in db[parsed.collection].find({"exp_key": study.exp_key, "state": JOB_STATE_DONE,
-                                               "result.status": "ok"}):
-            doc = decode(doc)
-            r = doc["result"]
-            loss = r.get("loss")
-            if not isinstance(loss, (int, float)) or not math.isfinite(loss):
-                continue
-            rows.append({"tid": doc["tid"], "loss": loss, "params": doc.get("params"),
-                         "val_accuracy": r.get("val_accuracy"), "epochs": r.get("epochs"),
-                         "seconds_per_epoch": r.get("seconds_per_epoch"), "result": r})
-        rows.sort(key=lambda r: r["loss"])
-        return rows[:top]
+        for rec in trials.ranked(study.exp_key, top, include_pruned=include_pruned):
+            r = rec.result
+            rows.append({"tid": rec.tid, "loss": rec.loss, "metric": r.get(metric), "outcome": rec.outcome,
+                         "pruned_at": r.get("pruned_at"), "epochs": r.get("epochs"),
+                         "seconds_per_epoch": r.get("seconds_per_epoch"), "params": rec.params})
+        counts = trials.counts(study.exp_key)
+        return {"study": name, "metric": study.metric, "counts": counts.as_dict()}, rows
     finally:
         client.close()

@@ -1,11 +1,16 @@
-"""MongoDB trial storage compatible with hyperopt's job protocol, on pymongo 4.
+"""The MongoDB side of mongotune.
 
-``MongoJobs``, ``MongoTrials`` and ``MongoWorker`` are drop-in replacements
-for the classes of ``hyperopt.mongoexp`` (which call APIs pymongo 4 removed).
+* ``trialdoc``: the trial document (schema, transitions, queries); ``studies``:
+  study documents; ``workers``: the worker registry; ``embedded`` and
+  ``local_server``: the embedded MongoDB-wire-compatible server;
+* ``MongoJobs``, ``MongoTrials``, ``MongoWorker``: drop-in replacements for
+  the classes of ``hyperopt.mongoexp`` (which call APIs pymongo 4 removed);
+* URL parsing and redaction, a NaN-safe codec, connections with retries.
 
 The names below are imported on first use, so that a module of this package
-that needs neither hyperopt nor pymongo (the embedded server, the URL helpers)
-does not pay for them.
+that needs neither hyperopt nor pymongo (the embedded server, the URL
+helpers) does not pay for them, and commands that only read studies never
+import hyperopt.
 """
 
 from __future__ import annotations

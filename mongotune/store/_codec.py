@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 _TAG = "__float__"
 _NAMES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -38,10 +36,8 @@ def encode(obj: Any) -> Any:
         return {k: encode(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [encode(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return encode(obj.item())
-    if isinstance(obj, np.ndarray):
-        return encode(obj.tolist())
+    if type(obj).__module__ == "numpy":  # numpy scalars and arrays, without importing numpy here
+        return encode(obj.tolist() if hasattr(obj, "tolist") else obj.item())
     return obj
 
 

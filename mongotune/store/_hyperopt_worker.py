@@ -28,7 +28,10 @@ from ._url import as_mongo_str
 
 log = logging.getLogger("mongotune.store")
 
-PICKLE_PROTOCOLS = ("cpickled fn", "call evaluate", "driver_attachment", "domain_attachment")
+#: Job protocols that load code named or pickled by the database: unpickling, or importing and calling a
+#: dotted name (``token_load``, ``bandit_json evaluate``).  Refused unless ``allow_pickle=True``.
+PICKLE_PROTOCOLS = ("cpickled fn", "call evaluate", "driver_attachment", "domain_attachment", "token_load",
+                    "bandit_json evaluate")
 
 
 class ReserveTimeout(_hx.ReserveTimeout):
@@ -85,7 +88,7 @@ def _load_objective(cmd, ctrl, allow_pickle):
     protocol = cmd[0]
     if protocol in PICKLE_PROTOCOLS and not allow_pickle:
         raise PickleRefused(
-            f"job uses cmd protocol {protocol!r}, which unpickles code from the database; "
+            f"job uses cmd protocol {protocol!r}, which loads code named or pickled by the database; "
             "start the worker with allow_pickle=True (--allow-pickle) if you trust every writer of this database"
         )
     if protocol == "cpickled fn":

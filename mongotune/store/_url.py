@@ -36,22 +36,54 @@ class MongoURL:
 
     @property
     def redacted(self) -> str:
-        return redact(self.client_uri)
+        return redact(self.client_uri, self.password)
+
+    def __repr__(self) -> str:
+        return f"MongoURL({self.redacted!r})"
 
 
-def redact(uri: str) -> str:
-    """Replace the password of a URI (if any) with ``***``."""
+def _split_credentials(rest: str) -> tuple[str | None, str]:
+    """``user:pw@hosts/path?query`` -> (``user:pw`` or None, ``hosts/path?query``).
+
+    Host names cannot hold '@', so the credentials end at the *last* '@': a
+    password with an unescaped '/', '#', '?', ':' or '@' (a common mistake) is
+    taken whole, never split into a host, a path or options.  (An '@' in the
+    options must be percent-encoded.)
+    """
+    at = rest.rfind("@")
+    if at < 0:
+        return None, rest
+    return rest[:at], rest[at + 1:]
+
+
+def redact(uri: str, password: str | None = None) -> str:
+    """``uri`` with its password (if any) replaced by ``***``; safe for any characters in the password.
+
+    ``password`` also scrubs that exact text (raw and percent-encoded) from
+    anywhere in ``uri``, for messages that quote it elsewhere.
+    """
+    if not isinstance(uri, str):
+        return uri
+    text = uri
     scheme, sep, rest = uri.partition("://")
-    if not sep:
+    if sep:
+        userinfo, hostpart = _split_credentials(rest)
+        if userinfo is not None:
+            user, colon, _ = userinfo.partition(":")
+            text = f"{scheme}{sep}{user}{':***' if colon else ''}@{hostpart}"
+    else:
         # not a URL: whatever precedes an '@' may be credentials
         _, at, tail = uri.rpartition("@")
-        return f"***@{tail}" if at else uri
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hosts}" if colon else f"{user}@{hosts}"
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
+        text = f"***@{tail}" if at else uri
+    return scrub(text, password)
+
+
+def scrub(text: str, password: str | None) -> str:
+    """Remove ``password`` (raw, and percent-encoded) from ``text``."""
+    if password:
+        for form in {password, urllib.parse.quote(password, safe=""), urllib.parse.quote(password)}:
+            text = text.replace(form, "***")
+    return text
 
 
 def _split_path(path: str, url: str) -> tuple[str, str]:
@@ -66,21 +98,38 @@ def _split_path(path: str, url: str) -> tuple[str, str]:
     return db, coll
 
 
-def _with_defaults(query: dict[str, list[str]], n_hosts: int, srv: bool) -> dict[str, list[str]]:
-    q = dict(query)
-    lower = {k.lower() for k in q}
-    # A single host without a replica-set name: talk to it directly, which is
-    # what both a standalone mongod and the embedded server want.
-    if n_hosts == 1 and not srv and "replicaset" not in lower and "directconnection" not in lower:
-        q["directConnection"] = ["true"]
-    return q
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(os.path.expanduser(path)) as fh:
+            return fh.read().rstrip("\n")
+    except OSError as exc:
+        raise ConnectionFailure(f"cannot read {what} file {path}: {exc.strerror}") from None
+
+
+def url_from_env(default: str | None = None) -> str | None:
+    """The URL in ``$MONGOTUNE_MONGO``, or in the file ``$MONGOTUNE_MONGO_FILE``, else ``default``.
+
+    A file (mode 0600) keeps a URL with a password out of every command line
+    and environment listing; ``launch --workers`` hands its URL to the workers
+    it starts this way.
+    """
+    if os.environ.get("MONGOTUNE_MONGO"):
+        return os.environ["MONGOTUNE_MONGO"]
+    if os.environ.get("MONGOTUNE_MONGO_FILE"):
+        return _read_secret_file(os.environ["MONGOTUNE_MONGO_FILE"], "MongoDB URL") or default
+    return default
 
 
 def parse_mongo_url(url: str, pwfile: str | None = None) -> MongoURL:
-    """Parse either URL form; raise ``ConnectionFailure`` with one clear line."""
+    """Parse either URL form; raise ``ConnectionFailure`` with one clear line (never the password).
+
+    A URL with a user and no password takes it from ``pwfile``, then from the
+    file named by ``$MONGOTUNE_MONGO_PASSWORD_FILE``, then from
+    ``$MONGOTUNE_MONGO_PASSWORD``: all three keep it out of command lines.
+    """
     if not isinstance(url, str) or "://" not in url:
         raise ConnectionFailure(
-            f"bad MongoDB URL {redact(url) if isinstance(url, str) else url!r}: "
+            f"bad MongoDB URL {redact(url) if isinstance(url, str) else type(url).__name__}: "
             "expected mongodb://host:port/db or mongo://host:port/db/jobs"
         )
     scheme = url.split("://", 1)[0].lower()
@@ -88,39 +137,37 @@ def parse_mongo_url(url: str, pwfile: str | None = None) -> MongoURL:
         raise ConnectionFailure(
             f"bad MongoDB URL {redact(url)}: unknown scheme {scheme!r} (use mongodb:// or mongo://)"
         )
-    rest = url.split("://", 1)[1]
-    netloc, _, path_query = rest.partition("/")
-    path, _, query_s = path_query.partition("?")
-    if "?" in netloc:  # mongodb://host?opts with no path
-        netloc, _, query_s = netloc.partition("?")
-    userinfo, at, hostlist = netloc.rpartition("@")
-    if not at:
-        userinfo, hostlist = "", netloc
-    if not hostlist:
-        raise ConnectionFailure(f"bad MongoDB URL {redact(url)}: no host")
+    userinfo, rest = _split_credentials(url.split("://", 1)[1])
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    hostlist, path_query = rest[:cut], rest[cut:]
+    path, _, query_s = path_query.lstrip("/").partition("?") if not path_query.startswith("?") else (
+        "", "", path_query[1:])
     user = pw = None
-    if userinfo:
+    if userinfo is not None:
         u, colon, p = userinfo.partition(":")
         user = urllib.parse.unquote(u)
         pw = urllib.parse.unquote(p) if colon else None
-    if user and pw is None and pwfile:
-        with open(pwfile) as fh:
-            pw = fh.read().rstrip("\n")
-    if user and pw is None and os.environ.get("MONGOTUNE_MONGO_PASSWORD"):
-        # keeps the password out of command lines, unit files and `ps`
-        pw = os.environ["MONGOTUNE_MONGO_PASSWORD"]
+    safe = redact(url, pw)
+    if not hostlist:
+        raise ConnectionFailure(f"bad MongoDB URL {safe}: no host")
+    if user and pw is None:
+        if pwfile:
+            pw = _read_secret_file(pwfile, "password")
+        elif os.environ.get("MONGOTUNE_MONGO_PASSWORD_FILE"):
+            pw = _read_secret_file(os.environ["MONGOTUNE_MONGO_PASSWORD_FILE"], "password")
+        elif os.environ.get("MONGOTUNE_MONGO_PASSWORD"):
+            pw = os.environ["MONGOTUNE_MONGO_PASSWORD"]
     hosts = tuple(h for h in hostlist.split(",") if h)
     for h in hosts:
         hp = h.rsplit(":", 1)
         if len(hp) == 2 and not h.endswith("]"):
             if not hp[1].isdigit() or not 0 < int(hp[1]) < 65536:
-                raise ConnectionFailure(f"bad MongoDB URL {redact(url)}: bad port in {h!r}")
-    db, coll = _split_path(path, url)
+                raise ConnectionFailure(f"bad MongoDB URL {safe}: bad port in {scrub(h, pw)!r}")
+    db, coll = _split_path(path, safe)
     query = urllib.parse.parse_qs(query_s, keep_blank_values=True)
     if scheme == "mongo" and user and "authSource" not in query:
         # hyperopt's convention: credentials live in the admin database.
         query["authSource"] = ["admin"]
-    query = _with_defaults(query, len(hosts), scheme == "mongodb+srv")
     client_scheme = "mongodb+srv" if scheme == "mongodb+srv" else "mongodb"
     cred = ""
     if user:
@@ -162,8 +209,3 @@ def as_mongo_str(s: str) -> str:
     if "://" in s:
         return s
     return "mongo://" + s
-
-
-def url_from_env(default: str | None = None) -> str | None:
-    """The URL in ``$MONGOTUNE_MONGO`` if set, else ``default``."""
-    return os.environ.get("MONGOTUNE_MONGO") or default

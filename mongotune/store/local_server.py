@@ -47,7 +47,7 @@ from typing import Iterator
 
 from ..errors import ConfigError, ConnectionFailure, UserError
 from . import embedded
-from .embedded import (DB_FILE, DEFAULT_PORT, LOCK_FILE, STATE_FILE, ServerBusy, check_port, connect_host,
+from .embedded import (DB_FILE, DEFAULT_PORT, ServerBusy, check_port, connect_host,
                        lock_held, read_state_file, resolve_dbpath)
 
 log = logging.getLogger("mongotune.embedded")

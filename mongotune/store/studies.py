@@ -1,9 +1,21 @@
-"""Study documents: what to train and how, as plain JSON in ``db.studies``.
+"""Study documents: a generic core plus the objective's own settings, as plain JSON in ``db.studies``.
 
-A study names its model, dataset (a ``DataSpec`` dict), search space (the
-model's built-in space, or a JSON space), training settings, budget and
-algorithm.  Workers rebuild the objective from this document and the
-installed model registry: no code or data is ever pickled into MongoDB.
+The core is what every study has whatever it trains: a name, the resolved
+search space (JSON, so the coordinator needs neither TensorFlow nor the
+dataset to resume), the budget, the search algorithm and its options, the
+pruner, the metric its trials report and which way is better, and the lease
+settings.  ``objective`` holds the settings of the kind of trial a worker
+runs, ``{"kind": "keras", ...}``, ``{"kind": "command", ...}``: the
+``mongotune.objectives`` package reads and validates them.  No code or data is
+ever pickled into MongoDB.
+
+A study has one identity everywhere: its ``exp_key`` (``mongotune:NAME``),
+hyperopt's experiment key, which every trial document carries.
+
+The study document also holds the lease of the coordinator running it, so a
+study has at most one live coordinator, and the count of trials that
+coordinators have created, raised atomically under that lease before any
+trial is inserted, so that no interleaving of coordinators exceeds the budget.
 """
 
 from __future__ import annotations
@@ -16,12 +28,13 @@ from typing import Any
 import pymongo
 import pymongo.errors
 
-from ..errors import ConfigError, StudyNotFound
-from .trialdoc import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
+from ..errors import ConfigError, StudyNotFound, UserError
+from ._codec import decode, encode
+from .trialdoc import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, new_token, server_now
 
-ALGOS = ("tpe", "rand", "anneal")
-OBJECTIVES = ("keras", "synthetic", "sleep")
-LOSSES = ("neg_val_accuracy", "neg_val_accuracy_squared", "val_loss")
+EXP_KEY_PREFIX = "mongotune:"
+GOALS = ("min", "max")
+COORDINATOR_LEASE_S = 30.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -29,7 +42,8 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
-SWITCHES = ("auto", "on", "off")
+def exp_key_of(name: str) -> str:
+    return EXP_KEY_PREFIX + name
 
 
 def spare_for(live_workers: int) -> int:
@@ -43,76 +57,99 @@ def spare_for(live_workers: int) -> int:
     return max(1, round(live_workers / 3))
 
 
-@dataclass
-class Training:
-    """How each trial trains (the parts that are not searched)."""
+def boot_id() -> str:
+    """This machine's boot id (Linux), so "same host" means the same running kernel, not just a name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
-    epochs: int = 50
-    patience: int = 5
-    loss: str = "neg_val_accuracy"
-    max_train_samples: int | None = None
-    mixed_precision: str = "auto"  # auto | on | off: mixed_float16 when a GPU is present
-    xla: str = "auto"  # auto | on | off: XLA-compiled train steps when a GPU is present (not with torch)
-    weights: str | None = None  # vggstrix: 'imagenet', a path, or None
-    artifacts: str | None = None  # artifact root (local path or shared filesystem)
-    save_model: bool = True
-    tensorboard: bool = True
-    seed: int = 0
+
+def holder_info() -> dict:
+    """Who a coordinator is: host, boot id and pid."""
+    import os
+    import socket
+
+    return {"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid()}
+
+
+def _dead_here(holder: dict) -> bool:
+    """Was ``holder`` a process of this machine that has exited?"""
+    import os
+    import socket
+
+    if not holder or holder.get("host") != socket.gethostname() or holder.get("boot_id") != boot_id():
+        return False
+    if not holder.get("boot_id") or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class StudyBusy(UserError):
+    """Another coordinator holds the study's lease."""
 
 
 @dataclass
 class Study:
     name: str
-    model: str
-    dataset: dict
     max_evals: int
-    algo: str = "tpe"
-    space: dict | None = None  # JSON space; None = the model's built-in space
-    objective: str = "keras"
-    augment: bool = False  # merge the augmentation sub-space into the model's own space
-    training: Training = field(default_factory=Training)
+    objective: dict  # {"kind": ..., the kind's own settings}
+    space: dict | None = None  # resolved JSON space (None only in studies written before it was stored)
+    metric: dict = field(default_factory=lambda: {"name": "loss", "goal": "min"})
+    search: dict = field(default_factory=lambda: {"algo": "tpe"})  # algorithm and its options
+    pruner: dict | None = None  # {"kind": "median"|"asha"|"hyperband", ...options}; None: no pruning
     lease_s: float = DEFAULT_LEASE_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    startup_trials: int | None = None  # tpe: random trials before TPE models the results (None: hyperopt's 20)
     queue_spare: int | None = None  # trials queued beyond the idle workers; None: spare_for(live workers)
     seed: int = 0
-    options: dict = field(default_factory=dict)  # objective-specific settings
+    artifacts_root: str | None = None  # optional shared root; each worker decides whether it may use it
     status: str = "created"
     created: datetime.datetime | None = None
     updated: datetime.datetime | None = None
     best: dict | None = None
     final: dict | None = None
 
+    # ------------------------------------------------------------ identity and shortcuts
     @property
     def exp_key(self) -> str:
-        return f"mongotune:{self.name}"
+        return exp_key_of(self.name)
 
+    @property
+    def kind(self) -> str:
+        return str(self.objective.get("kind"))
+
+    @property
+    def algo(self) -> str:
+        return str(self.search.get("algo", "tpe"))
+
+    @property
+    def goal(self) -> str:
+        return str(self.metric.get("goal", "min"))
+
+    # ------------------------------------------------------------ checks
     def validate(self) -> "Study":
         if not _NAME.match(self.name or ""):
             raise ConfigError(f"bad study name {self.name!r}: use letters, digits, '-', '_', '.' (max 100)")
-        if not isinstance(self.max_evals, int) or self.max_evals < 1:
+        if isinstance(self.max_evals, bool) or not isinstance(self.max_evals, int) or self.max_evals < 1:
             raise ConfigError(f"--max-evals must be a positive integer, got {self.max_evals}")
-        if self.algo not in ALGOS:
-            raise ConfigError(f"unknown algorithm {self.algo!r}; choose from: {', '.join(ALGOS)}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.objective!r}; choose from: {', '.join(OBJECTIVES)}")
-        if self.training.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {self.training.loss!r}; choose from: {', '.join(LOSSES)}")
-        if self.startup_trials is not None and (self.algo != "tpe" or self.startup_trials < 1):
-            raise ConfigError(f"--startup-trials applies to --algo tpe and must be >= 1, got {self.startup_trials}"
-                              f" with --algo {self.algo}")
+        if not isinstance(self.objective, dict) or not self.objective.get("kind"):
+            raise ConfigError("a study needs an objective with a 'kind'")
+        if self.metric.get("goal") not in GOALS or not self.metric.get("name"):
+            raise ConfigError(f"the metric needs a name and a goal of min or max, got {self.metric}")
         if self.queue_spare is not None and self.queue_spare < 0:
             raise ConfigError(f"--queue-spare must be >= 0, got {self.queue_spare}")
         if self.lease_s <= 0 or self.max_attempts < 1:
-            raise ConfigError("lease must be > 0 seconds and max attempts >= 1")
-        for key in ("mixed_precision", "xla"):
-            if getattr(self.training, key) not in SWITCHES:
-                raise ConfigError(f"--{key.replace('_', '-')} must be one of {', '.join(SWITCHES)}, "
-                                  f"got {getattr(self.training, key)!r}")
-        if self.training.epochs < 1 or self.training.patience < 0:
-            raise ConfigError("epochs must be >= 1 and patience >= 0")
+            raise ConfigError("--lease must be > 0 seconds and --max-attempts >= 1")
         return self
 
+    # ------------------------------------------------------------ documents
     def to_doc(self) -> dict:
         doc = asdict(self)
         doc["_id"] = self.name
@@ -121,25 +158,48 @@ class Study:
 
     @classmethod
     def from_doc(cls, doc: dict) -> "Study":
-        d = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
-        d["training"] = Training(**{k: v for k, v in (doc.get("training") or {}).items()
-                                    if k in Training.__dataclass_fields__})
-        return cls(**d)
+        doc = _upgrade(decode(doc))
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
+
+def _upgrade(doc: dict) -> dict:
+    """Read a study written before the generic core (objective name + Keras fields at the top)."""
+    if isinstance(doc.get("objective"), dict):
+        return doc
+    kind = doc.get("objective") or "keras"
+    objective: dict[str, Any] = {"kind": kind}
+    if kind == "keras":
+        objective.update(model=doc.get("model"), dataset=doc.get("dataset"), training=doc.get("training") or {},
+                         augment=bool(doc.get("augment")))
+    else:
+        objective["options"] = doc.get("options") or {}
+    search = {"algo": doc.get("algo", "tpe")}
+    if doc.get("startup_trials") is not None:
+        search["startup_trials"] = doc["startup_trials"]
+    loss = (doc.get("training") or {}).get("loss", "neg_val_accuracy")
+    metric = {"name": "val_loss", "goal": "min"} if loss == "val_loss" else (
+        {"name": "val_accuracy", "goal": "max"} if kind == "keras" else {"name": "loss", "goal": "min"})
+    return {**doc, "objective": objective, "search": search, "metric": metric}
 
 
 class StudyStore:
-    """CRUD on ``db.studies``."""
+    """The ``studies`` collection: CRUD, the coordinator's lease, and the trial budget fence."""
 
     def __init__(self, db):
         self.db = db
         self.coll = db.studies
 
+    def ensure_indexes(self) -> None:
+        self.coll.create_index("created")
+        self.coll.create_index("exp_key")
+
+    # ------------------------------------------------------------ CRUD
     def create(self, study: Study, *, exist_ok: bool = False) -> Study:
         study.validate()
         study.created = study.updated = _now()
         study.status = "created"
         try:
-            self.coll.insert_one(study.to_doc())
+            self.coll.insert_one(encode(study.to_doc()))
         except pymongo.errors.DuplicateKeyError:
             if not exist_ok:
                 raise ConfigError(
@@ -160,11 +220,78 @@ class StudyStore:
         doc = self.coll.find_one({"_id": name})
         return Study.from_doc(doc) if doc else None
 
+    def by_exp_key(self, exp_key: str) -> Study | None:
+        doc = self.coll.find_one({"exp_key": exp_key})
+        return Study.from_doc(doc) if doc else None
+
     def list(self) -> list[Study]:
         return [Study.from_doc(d) for d in self.coll.find().sort("created", pymongo.ASCENDING)]
 
-    def update(self, name: str, **fields: Any) -> None:
-        from . import encode
+    def kinds(self) -> dict[str, str]:
+        """``exp_key -> objective kind`` of every study (what a worker needs to choose trials)."""
+        out = {}
+        for d in self.coll.find({}, projection=["exp_key", "objective"]):
+            obj = d.get("objective")
+            out[d.get("exp_key") or exp_key_of(d["_id"])] = obj.get("kind") if isinstance(obj, dict) else (
+                obj or "keras")
+        return out
 
+    def update(self, name: str, **fields: Any) -> None:
         fields["updated"] = _now()
         self.coll.update_one({"_id": name}, {"$set": encode(fields)})
+
+    # ------------------------------------------------------------ the coordinator's lease
+    def acquire_coordinator(self, name: str, holder: dict, lease_s: float = COORDINATOR_LEASE_S) -> str:
+        """Become the study's only coordinator; return the lease token.
+
+        Raises ``StudyBusy`` (naming the holder) while another coordinator's
+        lease is fresh.  A holder that stopped heart-beating for ``lease_s``
+        is taken over.
+        """
+        self.get(name)  # a clear error for an unknown study
+        token = new_token()
+        now = server_now(self.db)
+        cutoff = now - datetime.timedelta(seconds=lease_s)
+        takeable: list[dict] = [{"coordinator": None}, {"coordinator.heartbeat": {"$lt": cutoff}}]
+        current = self.coordinator(name) or {}
+        if _dead_here(current):  # a coordinator of this machine that no longer runs: no need to wait
+            takeable.append({"coordinator.token": current.get("token")})
+        res = self.coll.update_one(
+            {"_id": name, "$or": takeable},
+            {"$set": {"coordinator": {**encode(holder), "token": token, "lease_s": lease_s, "since": now,
+                                      "heartbeat": now}}})
+        if res.matched_count == 1:
+            return token
+        doc = self.coll.find_one({"_id": name}, projection=["coordinator"]) or {}
+        c = doc.get("coordinator") or {}
+        age = (server_now(self.db) - c["heartbeat"]).total_seconds() if c.get("heartbeat") else None
+        seen = f", last heard from {age:.0f}s ago" if age is not None else ""
+        left = f"; its lease runs out {max(0.0, lease_s - age):.0f}s after its last heartbeat" if age is not None else ""
+        raise StudyBusy(f"study {name!r} is being run by another coordinator ({c.get('host')}, pid "
+                        f"{c.get('pid')}{seen}{left}); wait for it to end, or pass --wait to start when it does")
+
+    def beat_coordinator(self, name: str, token: str) -> bool:
+        res = self.coll.update_one({"_id": name, "coordinator.token": token},
+                                   {"$currentDate": {"coordinator.heartbeat": True}})
+        return res.matched_count == 1
+
+    def release_coordinator(self, name: str, token: str) -> None:
+        self.coll.update_one({"_id": name, "coordinator.token": token}, {"$set": {"coordinator": None}})
+
+    def coordinator(self, name: str) -> dict | None:
+        doc = self.coll.find_one({"_id": name}, projection=["coordinator"]) or {}
+        return doc.get("coordinator")
+
+    # ------------------------------------------------------------ the budget fence
+    def reset_created(self, name: str, token: str, n: int) -> bool:
+        """After taking the lease: the count of trials that exist is the truth."""
+        res = self.coll.update_one({"_id": name, "coordinator.token": token}, {"$set": {"trials_created": n}})
+        return res.matched_count == 1
+
+    def claim_trials(self, name: str, token: str, n: int, max_evals: int) -> bool:
+        """Raise the created-trials count by ``n`` if this coordinator still holds the lease and the
+        budget allows it: one conditional write, so two coordinators can never both succeed past it."""
+        res = self.coll.update_one(
+            {"_id": name, "coordinator.token": token, "trials_created": {"$lte": max_evals - n}},
+            {"$inc": {"trials_created": n}})
+        return res.matched_count == 1

@@ -1,141 +1,516 @@
-"""Leases on running trials: heartbeats, expiry, requeue.
+"""The trial document: its schema, every write to it, and every read of it.
 
-A worker that reserves a trial stamps it with a fresh ``lease_token`` and
-keeps ``refresh_time`` (hyperopt's own "last checked in" field) current from
-a background thread, using the *server's* clock (``$currentDate``) so hosts
-with skewed clocks agree.  Every later write by that worker is conditional
-on its token: once a lease has been taken over, a late result from the old
-worker matches nothing and is dropped.
+A trial is hyperopt's job document in the jobs collection (``tid``, ``spec``,
+``misc``, ``result``, ``state``, ``owner``, ``book_time``, ``refresh_time``,
+``exp_key``, ``version``) plus mongotune's fields, declared here in
+``TrialRecord``.  Nothing else in mongotune writes to a trial: the coordinator,
+the workers, the CLI and the reports go through ``TrialStore``.
 
-Whoever notices first (any worker, or the coordinator while ``fmin`` polls)
-requeues trials whose heartbeat is older than the study's lease; after
-``max_attempts`` expired leases the trial is failed with the reason.
+Every write is one named transition, and each is a single conditional
+update, so that whatever the interleaving of workers, coordinators and
+retries, a transition either applies to the state it was meant for or
+matches nothing:
+
+==============  ==================================  =========================================
+transition      applies to                          effect
+==============  ==================================  =========================================
+``stamp``       a new trial (before fmin inserts)   params, attempts 0, empty curve
+``reserve``     queued trials of given studies      running, fresh lease token per attempt
+``heartbeat``   running, this lease                 refresh_time (server clock), progress
+``report``      running, this lease, step not seen  one point appended to the curve
+``finish``      running under this lease, or        done with the result (ok, fail or pruned)
+                queued/running after this lease
+                expired (first finished wins)
+``release``     running, this lease                 queued again, no attempt counted
+``requeue``     running or error (operator)         queued again with the reason
+``expire``      running, heartbeat older than       queued again (attempt counted) or failed
+                the study's lease                   after ``max_attempts``
+==============  ==================================  =========================================
+
+A lease is named by the study, the tid *and* the token, so a heartbeat or a
+result can only ever land on the trial it was taken for.  Writes that a
+retry may repeat are idempotent: a curve point is appended only if its step
+is not there yet, and a finish or release whose reply was lost is recognised
+by the token it left behind (``finished_lease``, ``requeues.token``).
+
+A result computed under a lease that expired meanwhile (a worker frozen or
+cut off from the database) is still taken if nobody has finished the trial
+yet: the trial ends with it, and a worker that had taken the trial over sees
+its own lease end at its next heartbeat and stops.  A trial already finished
+never changes again.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import math
+import threading
 import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
 
-from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW, JOB_STATE_RUNNING
+import pymongo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._codec import encode
+from ._codec import decode, encode
 
-log = logging.getLogger("mongotune.leases")
+log = logging.getLogger("mongotune.trials")
 
+#: hyperopt's job states (``hyperopt.base.JOB_STATE_*``), spelled out so that readers need not import hyperopt
+QUEUED, RUNNING, DONE, ERROR = 0, 1, 2, 3
 DEFAULT_LEASE_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
+TRACEBACK_TAIL_LINES = 15
+
+Outcome = Literal["queued", "running", "ok", "failed", "pruned", "error"]
 
 
+# ====================================================================== schema
+class Failure(BaseModel):
+    """Why a trial failed: a short machine-readable ``kind`` and a one-line ``reason``."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+    reason: str
+    traceback: str | None = None
+
+
+class Result(BaseModel):
+    """A finished trial's ``result``: hyperopt's ``status`` and ``loss`` plus mongotune's fields.
+
+    ``loss`` is what the search minimises.  A pruned trial is ``ok`` (the
+    search learns from it) with ``pruned`` set and the step it stopped at.
+    Objectives add their own metrics as extra fields.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    status: Literal["ok", "fail"]
+    loss: float | None = None
+    pruned: bool = False
+    pruned_at: int | None = None
+    failure: Failure | None = None
+
+    def to_doc(self) -> dict:
+        doc = self.model_dump(exclude_none=True)
+        if not self.pruned:
+            doc.pop("pruned", None)
+        return doc
+
+
+class CurvePoint(BaseModel):
+    """One reading of the study's metric during a trial (one per epoch for Keras trials)."""
+
+    step: int
+    value: float
+    t: float = 0.0  # seconds since the attempt started
+
+
+class WorkerInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    host: str | None = None
+    pid: int | None = None
+    gpu: str | None = None
+
+
+class ArtifactsRef(BaseModel):
+    """Where a trial's files went: which host, which directory (one per attempt)."""
+
+    host: str
+    path: str
+
+
+class TrialRecord(BaseModel):
+    """A trial as readers see it (a validated view of the stored document)."""
+
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+    id: Any = Field(alias="_id")
+    tid: int
+    exp_key: str
+    state: int
+    params: dict = Field(default_factory=dict)
+    result: dict = Field(default_factory=dict)
+    curve: list[CurvePoint] = Field(default_factory=list)
+    attempts: int = 0
+    worker: WorkerInfo | None = None
+    book_time: datetime.datetime | None = None
+    refresh_time: datetime.datetime | None = None
+    finished: datetime.datetime | None = None
+    duration_s: float | None = None
+    progress: dict | None = None
+    artifacts: ArtifactsRef | None = None
+    requeues: list[dict] = Field(default_factory=list)
+    lease_expiries: list[dict] = Field(default_factory=list)
+    version: int = 0
+
+    @property
+    def outcome(self) -> Outcome:
+        return outcome_of(self.state, self.result)
+
+    @property
+    def loss(self) -> float | None:
+        loss = self.result.get("loss") if self.result.get("status") == "ok" else None
+        return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
+
+    @property
+    def failure(self) -> dict | None:
+        return self.result.get("failure") if self.outcome == "failed" else None
+
+
+def outcome_of(state: int, result: dict | None) -> Outcome:
+    result = result or {}
+    if state == QUEUED:
+        return "queued"
+    if state == RUNNING:
+        return "running"
+    if state == ERROR:
+        return "error"
+    if result.get("status") != "ok":
+        return "failed"
+    return "pruned" if result.get("pruned") else "ok"
+
+
+def validate_result(result: Any) -> dict:
+    """A result ready to store: a bare number becomes ``{"status": "ok", "loss": x}``; an ``ok``
+    result must carry a finite loss, else it is turned into a failure (kind ``nan``)."""
+    if not isinstance(result, dict):
+        result = {"status": "ok", "loss": result}
+    result = dict(result)
+    result.setdefault("status", "ok")
+    if result["status"] == "ok":
+        try:
+            loss = float(result.get("loss"))
+        except (TypeError, ValueError):
+            loss = math.nan
+        if not math.isfinite(loss):
+            result.update(status="fail", failure={
+                "kind": "nan", "reason": f"objective returned a non-finite loss ({result.get('loss')!r})"})
+        else:
+            result["loss"] = loss
+    try:
+        return Result.model_validate(result).to_doc()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return Result(status="fail", failure=Failure(
+            kind="result", reason=f"objective returned an invalid result ({where}: {first.get('msg')})")).to_doc()
+
+
+def failure_result(kind: str, reason: str, tb: str | None = None) -> dict:
+    failure = Failure(kind=kind, reason=reason,
+                      traceback="\n".join(tb.rstrip().splitlines()[-TRACEBACK_TAIL_LINES:]) if tb else None)
+    return Result(status="fail", failure=failure).to_doc()
+
+
+# ====================================================================== leases
 def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def lease_filter(token: str | None, job_id=None) -> dict:
-    """The running trial that holds lease ``token``.
+@dataclass
+class Lease:
+    """What a worker holds while it runs a trial."""
 
-    A token is a fresh random value per reservation, so it names one trial
-    by itself; filtering on it (indexed) rather than on ``_id`` + token also
-    keeps the embedded server on its SQL path (it scans and decodes every
-    document for a filter that combines ``_id`` with other fields).  A
-    running trial without a token (reserved by a stock hyperopt worker) is
-    named by its ``_id``.
-    """
-    if token is None:
-        return {"_id": job_id, "state": JOB_STATE_RUNNING, "lease_token": None}
-    return {"lease_token": token, "state": JOB_STATE_RUNNING}
+    id: Any
+    tid: int
+    exp_key: str
+    token: str
+    attempt: int
+    params: dict = field(default_factory=dict)
+    lost: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def filter(self) -> dict:
+        """The trial this lease was taken for, while the lease holds."""
+        return {"exp_key": self.exp_key, "tid": self.tid, "state": RUNNING, "lease_token": self.token}
 
 
 def server_now(db) -> datetime.datetime:
     """The server's clock (naive UTC), so that expiry is judged on one clock."""
     try:
         t = db.client.admin.command("hello").get("localTime")
-    except Exception:  # noqa: BLE001 - any server without localTime
+    except Exception:  # noqa: BLE001 - a server without localTime
         t = None
     if isinstance(t, datetime.datetime):
         return t.replace(tzinfo=None)
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
-def heartbeat(jobs, job_id, token: str, extra: dict | None = None) -> bool:
-    """Refresh a lease; False means the lease is no longer ours."""
-    update = {"$currentDate": {"refresh_time": True}}
-    if extra:
-        update["$set"] = encode(extra)
-    res = jobs.update_one(lease_filter(token, job_id), update)
-    return res.matched_count == 1
+@dataclass
+class Counts:
+    queued: int = 0
+    running: int = 0
+    ok: int = 0
+    failed: int = 0
+    pruned: int = 0
+    error: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.failed + self.pruned + self.error
+
+    @property
+    def total(self) -> int:
+        return self.finished + self.queued + self.running
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("queued", "running", "ok", "failed", "pruned", "error")}
 
 
-def finish(jobs, job_id, token: str, result: dict, extra: dict | None = None) -> bool:
-    """Record a trial's result (ok or fail) if the lease is still ours."""
-    fields = {"state": JOB_STATE_DONE, "result": result, "lease_token": None}
-    fields.update(extra or {})
-    res = jobs.update_one(
-        lease_filter(token, job_id),
-        {"$set": encode(fields), "$currentDate": {"refresh_time": True}, "$inc": {"version": 1}},
-    )
-    return res.matched_count == 1
+_REQUEUED = {"state": QUEUED, "owner": None, "lease_token": None, "book_time": None, "worker": None}
 
 
-def release(jobs, job_id, token: str, reason: str) -> bool:
-    """Give a trial back to the queue at once (graceful shutdown); no attempt is counted."""
-    res = jobs.update_one(
-        lease_filter(token, job_id),
-        {
-            "$set": {"state": JOB_STATE_NEW, "owner": None, "lease_token": None, "book_time": None,
-                     "worker": None},
-            "$push": {"requeues": {"reason": reason, "token": token}},
-            "$currentDate": {"refresh_time": True},
-            "$inc": {"version": 1},
-        },
-    )
-    return res.matched_count == 1
+# ====================================================================== the store
+class TrialStore:
+    """Every transition of, and every query on, the trial documents of one jobs collection."""
 
+    def __init__(self, db, jobs=None):
+        self.db = db
+        self.jobs = jobs if jobs is not None else db.jobs
 
-def requeue_expired(db, jobs, leases: dict[str, tuple[float, int]]) -> list[tuple[int, str]]:
-    """Requeue (or fail) running trials whose heartbeat is too old.
+    # ------------------------------------------------------------ set-up
+    def ensure_indexes(self) -> None:
+        self.jobs.create_index([("state", 1), ("exp_key", 1), ("tid", 1)])
+        self.jobs.create_index([("exp_key", 1), ("state", 1)])
+        self.jobs.create_index([("exp_key", 1), ("tid", 1)])
+        self.jobs.create_index("lease_token", sparse=True)
 
-    ``leases`` maps an ``exp_key`` to ``(lease_seconds, max_attempts)``.
-    Returns ``[(tid, "requeued" | "failed")]``.  Safe to run from many
-    processes at once: each change is conditional on the expired token.
-    """
-    if not leases:
-        return []
-    now = server_now(db)
-    done = []
-    for exp_key, (lease_s, max_attempts) in leases.items():
-        cutoff = now - datetime.timedelta(seconds=lease_s)
-        stale = jobs.find(
-            {"exp_key": exp_key, "state": JOB_STATE_RUNNING, "refresh_time": {"$lt": cutoff}},
-            projection=["tid", "lease_token", "attempts", "owner", "refresh_time"],
-        )
-        for doc in stale:
-            attempts = int(doc.get("attempts") or 0) + 1
-            token = doc.get("lease_token")
-            age = (now - doc["refresh_time"]).total_seconds() if doc.get("refresh_time") else float("inf")
-            note = {"owner": doc.get("owner"), "silent_s": round(age, 1), "attempt": attempts}
-            cond = lease_filter(token, doc["_id"])
-            if attempts >= max_attempts:
-                reason = (f"lease expired {attempts} times (no heartbeat for {lease_s:.0f}s); "
-                          f"last owner {doc.get('owner')}")
-                res = jobs.update_one(cond, {
-                    "$set": {"state": JOB_STATE_DONE, "lease_token": None, "attempts": attempts,
-                             "result": {"status": "fail", "failure": {"kind": "lease", "reason": reason}}},
-                    "$push": {"lease_expiries": note}, "$inc": {"version": 1},
-                    "$currentDate": {"refresh_time": True},
-                })
-                outcome = "failed"
-            else:
-                res = jobs.update_one(cond, {
-                    "$set": {"state": JOB_STATE_NEW, "owner": None, "lease_token": None, "book_time": None,
-                             "worker": None, "attempts": attempts},
-                    "$push": {"lease_expiries": note}, "$inc": {"version": 1},
-                    "$currentDate": {"refresh_time": True},
-                })
-                outcome = "requeued"
+    # ------------------------------------------------------------ new trials
+    @staticmethod
+    def stamp(doc: dict, params: dict) -> dict:
+        """mongotune's fields on a new trial document that fmin is about to insert."""
+        doc["params"] = params
+        doc["attempts"] = 0
+        doc["curve"] = []
+        return doc
+
+    # ------------------------------------------------------------ reserve
+    def reserve(self, worker: dict, exp_keys: Iterable[str], token: str | None = None) -> Lease | None:
+        """Take the oldest queued trial of ``exp_keys`` for ``worker`` under lease ``token``.
+
+        Look, then take: a sorted read of a few queued tids, then an atomic
+        update of one of them that is still conditional on it being queued and
+        unowned, so two workers never take the same trial.  The caller gives a
+        fresh token per attempt (see ``reserve_retrying``).
+        """
+        keys = list(exp_keys)
+        if not keys:
+            return None
+        token = token or new_token()
+        cond = {"state": QUEUED, "exp_key": keys[0] if len(keys) == 1 else {"$in": keys}, "owner": None}
+        change = {"$set": {"owner": worker["id"], "state": RUNNING, "lease_token": token,
+                           "worker": encode(worker)},
+                  "$currentDate": {"book_time": True, "refresh_time": True}, "$inc": {"version": 1}}
+        for _ in range(3):
+            queued = list(self.jobs.find(cond, projection=["tid", "exp_key"]).sort("tid", 1).limit(4))
+            if not queued:
+                return None
+            for q in queued:
+                doc = self.jobs.find_one_and_update(
+                    {**cond, "exp_key": q["exp_key"], "tid": q["tid"]}, change,
+                    projection=["tid", "exp_key", "attempts", "params"],
+                    return_document=pymongo.ReturnDocument.AFTER)
+                if doc is not None:
+                    return self._lease(doc, token)
+        return None
+
+    def held_by(self, tokens: Iterable[str]) -> Lease | None:
+        """The running trial taken under one of ``tokens`` (a reservation whose reply was lost)."""
+        tokens = list(tokens)
+        if not tokens:
+            return None
+        doc = self.jobs.find_one({"state": RUNNING, "lease_token": {"$in": tokens}},
+                                 projection=["tid", "exp_key", "attempts", "params", "lease_token"])
+        return self._lease(doc, doc["lease_token"]) if doc else None
+
+    @staticmethod
+    def _lease(doc: dict, token: str) -> Lease:
+        return Lease(doc["_id"], doc["tid"], doc["exp_key"], token, int(doc.get("attempts") or 0) + 1,
+                     decode(doc.get("params") or {}))
+
+    # ------------------------------------------------------------ while running
+    def heartbeat(self, lease: Lease, progress: dict | None = None) -> bool:
+        """Refresh ``lease`` on the server's clock; False: the lease is no longer held."""
+        update: dict = {"$currentDate": {"refresh_time": True}}
+        if progress:
+            update["$set"] = {"progress": encode(progress)}
+        return self.jobs.update_one(lease.filter, update).matched_count == 1
+
+    def report(self, lease: Lease, step: int, value: float, t: float) -> bool:
+        """Append one reading of the study's metric to the trial's curve (once per step).
+
+        False: the lease is no longer held, or the step was already recorded
+        (a retried write whose reply was lost).
+        """
+        point = CurvePoint(step=int(step), value=float(value), t=round(float(t), 3)).model_dump()
+        res = self.jobs.update_one({**lease.filter, "curve.step": {"$ne": point["step"]}},
+                                   {"$push": {"curve": encode(point)}, "$currentDate": {"refresh_time": True}})
+        return res.matched_count == 1
+
+    def has_step(self, lease: Lease, step: int) -> bool:
+        return self.jobs.count_documents({**lease.filter, "curve.step": int(step)}, limit=1) == 1
+
+    # ------------------------------------------------------------ the end of an attempt
+    def finish(self, lease: Lease, result: dict, extra: dict | None = None) -> bool:
+        """Record a result (ok, failed or pruned).  Also taken after the lease expired, as long as
+        nobody has finished the trial yet (first finished wins).  Idempotent under retries."""
+        fields = {"state": DONE, "result": validate_result(result), "lease_token": None,
+                  "finished_lease": lease.token, **(extra or {})}
+        cond = {"exp_key": lease.exp_key, "tid": lease.tid, "state": {"$in": [QUEUED, RUNNING]},
+                "$or": [{"lease_token": lease.token}, {"lease_expiries.token": lease.token}]}
+        res = self.jobs.update_one(cond, {"$set": encode(fields), "$currentDate": {"refresh_time": True,
+                                                                                  "finished": True},
+                                          "$inc": {"version": 1}})
+        if res.matched_count == 1:
+            return True
+        return self.jobs.count_documents({"exp_key": lease.exp_key, "tid": lease.tid,
+                                          "finished_lease": lease.token}, limit=1) == 1
+
+    def release(self, lease: Lease, reason: str) -> bool:
+        """Put the trial back in the queue at once (graceful shutdown); no attempt is counted."""
+        res = self.jobs.update_one(lease.filter, {
+            "$set": dict(_REQUEUED), "$push": {"requeues": {"reason": reason, "token": lease.token}},
+            "$currentDate": {"refresh_time": True}, "$inc": {"version": 1}})
+        if res.matched_count == 1:
+            return True
+        return self.jobs.count_documents({"exp_key": lease.exp_key, "tid": lease.tid,
+                                          "requeues.token": lease.token}, limit=1) == 1
+
+    def record_artifacts(self, lease: Lease, host: str, path: str) -> bool:
+        ref = ArtifactsRef(host=host, path=path).model_dump()
+        return self.jobs.update_one(lease.filter, {"$set": {"artifacts": ref}}).matched_count == 1
+
+    # ------------------------------------------------------------ operators and the reaper
+    def requeue(self, exp_key: str, tid: int | None = None, reason: str = "operator") -> list[int]:
+        """Put running trials (or the running/errored trial ``tid``) back in the queue."""
+        q: dict = {"exp_key": exp_key, "state": RUNNING}
+        if tid is not None:
+            q = {"exp_key": exp_key, "tid": tid, "state": {"$in": [RUNNING, ERROR]}}
+        tids = []
+        for doc in self.jobs.find(q, projection=["tid", "lease_token", "state"]):
+            res = self.jobs.update_one(
+                {"exp_key": exp_key, "tid": doc["tid"], "state": doc["state"], "lease_token": doc.get("lease_token")},
+                {"$set": dict(_REQUEUED),
+                 "$push": {"requeues": {"reason": reason, "token": doc.get("lease_token")}},
+                 "$currentDate": {"refresh_time": True}, "$inc": {"version": 1}})
             if res.matched_count:
-                log.warning("trial %s of %s: worker %s silent for %.0fs; %s (attempt %d/%d)",
-                            doc.get("tid"), exp_key, doc.get("owner"), age, outcome, attempts, max_attempts)
-                done.append((doc.get("tid"), outcome))
-    return done
+                tids.append(doc["tid"])
+        return tids
+
+    def expire(self, leases: dict[str, tuple[float, int]]) -> list[tuple[int, str]]:
+        """Requeue (or fail, after ``max_attempts``) running trials whose heartbeat is too old.
+
+        ``leases`` maps an ``exp_key`` to ``(lease_seconds, max_attempts)``.
+        Safe from many processes at once: each change is conditional on the
+        expired token.  Returns ``[(tid, "requeued" | "failed")]``.
+        """
+        if not leases:
+            return []
+        now = server_now(self.db)
+        done = []
+        for exp_key, (lease_s, max_attempts) in leases.items():
+            cutoff = now - datetime.timedelta(seconds=lease_s)
+            stale = self.jobs.find(
+                {"state": RUNNING, "exp_key": exp_key, "refresh_time": {"$lt": cutoff}},
+                projection=["tid", "lease_token", "attempts", "owner", "refresh_time"])
+            for doc in stale:
+                attempts = int(doc.get("attempts") or 0) + 1
+                token = doc.get("lease_token")
+                age = (now - doc["refresh_time"]).total_seconds() if doc.get("refresh_time") else math.inf
+                note = {"owner": doc.get("owner"), "silent_s": round(age, 1), "attempt": attempts, "token": token}
+                cond = {"exp_key": exp_key, "tid": doc["tid"], "state": RUNNING, "lease_token": token}
+                if attempts >= max_attempts:
+                    reason = (f"lease expired {attempts} times (no heartbeat for {lease_s:.0f}s); "
+                              f"last owner {doc.get('owner')}")
+                    fields = {"state": DONE, "lease_token": None, "attempts": attempts,
+                              "result": failure_result("lease", reason)}
+                    outcome = "failed"
+                else:
+                    fields = {**_REQUEUED, "attempts": attempts}
+                    outcome = "requeued"
+                res = self.jobs.update_one(cond, {"$set": fields, "$push": {"lease_expiries": note},
+                                                  "$inc": {"version": 1}, "$currentDate": {"refresh_time": True}})
+                if res.matched_count:
+                    log.warning("trial %s of %s: worker %s silent for %.0fs; %s (attempt %d/%d)",
+                                doc["tid"], exp_key, doc.get("owner"), age, outcome, attempts, max_attempts)
+                    done.append((doc["tid"], outcome))
+        return done
+
+    # ====================================================================== reads
+    def counts(self, exp_key: str) -> Counts:
+        counts = Counts()
+        pipeline = [{"$match": {"exp_key": exp_key}},
+                    {"$group": {"_id": {"s": "$state", "r": "$result.status", "p": "$result.pruned"},
+                                "n": {"$sum": 1}}}]
+        for row in self.jobs.aggregate(pipeline):
+            key = row["_id"]
+            outcome = outcome_of(key.get("s"), {"status": key.get("r"), "pruned": key.get("p")})
+            setattr(counts, outcome, getattr(counts, outcome) + row["n"])
+        return counts
+
+    def count(self, exp_key: str) -> int:
+        """Every trial of the study, whatever its state."""
+        return self.jobs.count_documents({"exp_key": exp_key})
+
+    def ranked(self, exp_key: str, top: int | None = None, *, include_pruned: bool = False,
+               fields: list[str] | None = None) -> list[TrialRecord]:
+        """Finished trials with a finite loss, best (lowest loss) first."""
+        q: dict = {"exp_key": exp_key, "state": DONE, "result.status": "ok"}
+        if not include_pruned:
+            q["result.pruned"] = {"$ne": True}
+        cursor = self.jobs.find(q, projection=fields).sort("result.loss", 1)
+        rows = []
+        for doc in cursor:
+            rec = _record(doc)
+            if rec.loss is not None:
+                rows.append(rec)
+                if top is not None and len(rows) >= top:
+                    break
+        return rows
+
+    def best(self, exp_key: str) -> TrialRecord | None:
+        """The best finished trial; a pruned one only when no trial ran to its end."""
+        rows = self.ranked(exp_key, 1) or self.ranked(exp_key, 1, include_pruned=True)
+        return rows[0] if rows else None
+
+    def get(self, exp_key: str, tid: int) -> TrialRecord | None:
+        doc = self.jobs.find_one({"exp_key": exp_key, "tid": tid})
+        return _record(doc) if doc else None
+
+    def running(self, exp_key: str | None = None) -> list[TrialRecord]:
+        q: dict = {"state": RUNNING}
+        if exp_key is not None:
+            q["exp_key"] = exp_key
+        return [_record(d) for d in self.jobs.find(q, projection=_RUNNING_FIELDS).sort("tid", 1)]
+
+    def running_exp_keys(self) -> set[str]:
+        return {d.get("exp_key") for d in self.jobs.find({"state": RUNNING}, projection=["exp_key"])}
+
+    def records(self, exp_key: str, *, since: datetime.datetime | None = None,
+                fields: list[str] | None = None) -> list[TrialRecord]:
+        """The study's trials in tid order; with ``since``, only those written after that moment."""
+        q: dict = {"exp_key": exp_key}
+        if since is not None:
+            q["refresh_time"] = {"$gt": since}
+        return [_record(d) for d in self.jobs.find(q, projection=fields).sort("tid", 1)]
+
+    def curves(self, exp_key: str, *, states: Iterable[int] = (RUNNING, DONE),
+               exclude_tids: Iterable[int] = ()) -> list[TrialRecord]:
+        """Trials with their curves (what a pruner looks at): tid, state, result status/pruned, curve."""
+        q: dict = {"exp_key": exp_key, "state": {"$in": list(states)}}
+        skip = set(exclude_tids)
+        out = []
+        for doc in self.jobs.find(q, projection=["tid", "exp_key", "state", "result.status", "result.pruned",
+                                                 "result.loss", "curve"]):
+            if doc["tid"] not in skip:
+                out.append(_record(doc))
+        return out
+
+
+_RUNNING_FIELDS = ["tid", "exp_key", "state", "worker", "book_time", "refresh_time", "progress", "attempts",
+                   "params", "curve", "artifacts"]
+
+
+def _record(doc: dict) -> TrialRecord:
+    return TrialRecord.model_validate(decode(doc))

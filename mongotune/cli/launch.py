@@ -1,0 +1,291 @@
+"""Commands that drive a study: ``launch`` and ``resume``."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from ..errors import ConfigError
+from ._common import MongoOpt, _mongo, _setup_logging, _user_errors, app, err, out
+
+SEARCH_HELP = "Search algorithm: tpe, rand, anneal (and the others `mongotune launch --help` lists)."
+
+
+def progress_table(snap) -> Table:
+    c = snap.counts
+    t = Table(title=f"study {snap.name}", show_header=True, header_style="bold")
+    for col in ("done", "ok", "pruned", "failed", "running", "queued", "workers", "best", "elapsed"):
+        t.add_column(col)
+    t.add_row(f"{snap.finished}/{snap.max_evals}", str(c.get("ok", 0)), str(c.get("pruned", 0)),
+              str(c.get("failed", 0) + c.get("error", 0)), str(c.get("running", 0)), str(c.get("queued", 0)),
+              str(snap.live_workers), best_text(snap), f"{snap.elapsed_s:.0f}s")
+    return t
+
+
+def best_text(snap) -> str:
+    if snap.best_tid is None:
+        return "-"
+    name = snap.metric.get("name", "metric")
+    if snap.best_metric is not None and name != "loss":
+        return f"{name} {snap.best_metric:.4g} (trial {snap.best_tid})"
+    return f"loss {snap.best_loss:.5g} (trial {snap.best_tid})"
+
+
+def progress_line(snap) -> str:
+    c = snap.counts
+    failed = c.get("failed", 0) + c.get("error", 0)
+    return (f"[{snap.elapsed_s:6.0f}s] {snap.finished}/{snap.max_evals} done ({c.get('pruned', 0)} pruned, "
+            f"{failed} failed), {c.get('running', 0)} running, {c.get('queued', 0)} queued, "
+            f"{snap.live_workers} workers, best {best_text(snap)}")
+
+
+def drive(url: str, name: str, workers: int, quiet: bool = False, *, wait: bool = False,
+          allow_user_code: bool = False, allowed_roots: list[str] | None = None):
+    """Run the study's coordinator (and ``workers`` local workers) with live progress."""
+    from ..pool.coordinator import Coordinator
+    from ..pool.local import LocalPool
+
+    coord = Coordinator(url)
+    pool = LocalPool(url, workers, study=name, allow_user_code=allow_user_code,
+                     allowed_roots=allowed_roots).start() if workers > 0 else None
+    stop = threading.Event()
+
+    def waiting(msg: str) -> None:
+        err.print(f"[yellow]{msg}[/]", highlight=False)
+
+    try:
+        if quiet or not out.is_terminal:
+            last = {"done": -1}
+
+            def progress(snap):
+                if snap.finished != last["done"]:
+                    last["done"] = snap.finished
+                    out.print(progress_line(snap), highlight=False)
+
+            try:
+                snap = coord.run(name, progress=progress, stop=stop, wait=wait, on_wait=waiting)
+            except KeyboardInterrupt:
+                stop.set()
+                raise
+        else:
+            with Live(console=out, refresh_per_second=4) as live:
+                try:
+                    snap = coord.run(name, progress=lambda s: live.update(progress_table(s)), stop=stop,
+                                     wait=wait, on_wait=waiting)
+                except KeyboardInterrupt:
+                    stop.set()
+                    raise
+    finally:
+        if pool:
+            pool.stop()
+        coord.close()
+    return snap
+
+
+def report_done(snap, name):
+    c = snap.counts
+    out.print(f"study [bold]{name}[/]: {snap.finished}/{snap.max_evals} trials finished "
+              f"({c['ok']} ok, {c['pruned']} pruned, {c['failed'] + c['error']} failed) in {snap.elapsed_s:.1f}s")
+    if snap.best_tid is None:
+        out.print("no successful trial yet")
+        return
+    out.print(f"best loss {snap.best_loss:.5g} (trial {snap.best_tid})", highlight=False)
+    metric = snap.metric.get("name")
+    if snap.best_metric is not None and metric != "loss":
+        label = "validation accuracy" if metric == "val_accuracy" else metric
+        out.print(f"best {label}: [bold]{snap.best_metric:.4f}[/]")
+    import json
+
+    out.print("best params: " + json.dumps(snap.best_params, default=str), highlight=False)
+
+
+def search_settings(algo: str, startup_trials: int | None, grid_points: int | None, acquisition: str | None,
+                    kappa: float | None) -> dict:
+    search: dict = {"algo": algo}
+    for key, value in (("startup_trials", startup_trials), ("grid_points", grid_points),
+                       ("acquisition", acquisition), ("kappa", kappa)):
+        if value is not None:
+            search[key] = value
+    if startup_trials is not None and startup_trials < 1:
+        raise ConfigError(f"--startup-trials must be >= 1, got {startup_trials}")
+    if startup_trials is not None and algo not in ("tpe", "gp"):
+        raise ConfigError(f"--startup-trials applies to --algo tpe and gp, not --algo {algo}")
+    return search
+
+
+def pruner_settings(pruner: str, min_epochs: int | None, reduction_factor: int | None, min_trials: int | None,
+                    max_epochs: int | None) -> dict | None:
+    from ..search.pruners import validate_pruner
+
+    spec: dict = {"kind": pruner}
+    for key, value in (("min_epochs", min_epochs), ("reduction_factor", reduction_factor),
+                       ("min_trials", min_trials), ("max_epochs", max_epochs)):
+        if value is not None:
+            spec[key] = value
+    return validate_pruner(spec, max_epochs)
+
+
+@app.command()
+def launch(
+    model: str = typer.Argument(..., help="Model to tune: baseline, convstrix, vggstrix, hyperresnet."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: MODEL-DATASET)."),
+    dataset: Optional[str] = typer.Option(None, help="digits, fashion_mnist, mnist, cifar10, cifar100, folder, "
+                                          "npz (default: the model's recipe, see `mongotune recipes`)."),
+    max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Number of trials (default: the recipe's, "
+                                            "else 20)."),
+    algo: str = typer.Option("tpe", help=SEARCH_HELP),
+    mongo: Optional[str] = MongoOpt,
+    workers: int = typer.Option(0, help="Start this many local worker processes for the study."),
+    space: Optional[Path] = typer.Option(None, help="JSON search-space file (default: the model's own)."),
+    augment: bool = typer.Option(False, "--augment", help="Also search online augmentation (flip, crop, "
+                                 "rotation, translation, probability)."),
+    size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: the recipe's for its "
+                                       "dataset, else native, enlarged to what the model needs)."),
+    channels: Optional[int] = typer.Option(None, help="1 or 3 channels (default: the recipe's for its dataset, "
+                                           "else native, RGB where the model needs it)."),
+    interpolation: Optional[str] = typer.Option(None, help="Resizing: area, linear, cubic, lanczos, nearest "
+                                                "(default: the recipe's, else area)."),
+    source: Optional[str] = typer.Option(None, help="Offline dataset path (directory or file)."),
+    val_fraction: Optional[float] = typer.Option(None, help="Fraction of train held out for validation "
+                                                 "(default: the recipe's for its dataset, else 0.1)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs per trial (default: the recipe's)."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience in epochs (default: the recipe's)."),
+    loss: Optional[str] = typer.Option(None, help="neg_val_accuracy, neg_val_accuracy_squared or val_loss "
+                                       "(default: the recipe's)."),
+    max_train_samples: Optional[int] = typer.Option(None, help="Train on at most this many samples per trial."),
+    weights: Optional[str] = typer.Option(None, help="vggstrix: 'imagenet' or a local VGG19 no-top .h5 path "
+                                          "(default: the recipe's, imagenet)."),
+    artifacts: Optional[str] = typer.Option(None, help="Optional shared artifact root for the study; each "
+                                            "worker uses it only if it is among its --allow-root roots."),
+    mixed_precision: str = typer.Option("auto", "--mixed-precision",
+                                        help="auto (on with a GPU), on or off: mixed_float16 training."),
+    xla: str = typer.Option("auto", help="auto (on with a GPU), on or off: XLA-compiled training steps."),
+    pruner: str = typer.Option("none", help="Stop hopeless trials early: none, median, asha or hyperband."),
+    min_epochs: Optional[int] = typer.Option(None, "--min-epochs", help="Pruning: epochs before the first "
+                                             "decision (asha/hyperband: the first rung). Default 1."),
+    reduction_factor: Optional[int] = typer.Option(None, "--reduction-factor", help="asha/hyperband: keep the "
+                                                   "best 1/N at each rung (N >= 2, default 3)."),
+    min_trials: Optional[int] = typer.Option(None, "--min-trials", help="Pruning warm-up: trials that must "
+                                             "reach a step before any is stopped there (median 4, asha 1)."),
+    grid_points: Optional[int] = typer.Option(None, "--grid-points", help="grid: values per continuous "
+                                              "dimension."),
+    acquisition: Optional[str] = typer.Option(None, help="gp: ei or ucb."),
+    kappa: Optional[float] = typer.Option(None, help="gp with ucb: exploration weight."),
+    lease: float = typer.Option(60.0, help="Seconds without heartbeat before a trial is requeued."),
+    max_attempts: int = typer.Option(3, help="Expired leases before a trial is failed."),
+    startup_trials: Optional[int] = typer.Option(None, "--startup-trials", help="TPE: random trials before it "
+                                                 "models the results (default: hyperopt's 20)."),
+    queue_spare: Optional[int] = typer.Option(None, "--queue-spare", help="Trials queued beyond the idle "
+                                              "workers (default: a third of the live workers, at least 1)."),
+    seed: int = typer.Option(0, help="Seed of the search and of the data split."),
+    wait: bool = typer.Option(False, "--wait", help="If another coordinator runs this study, wait for it."),
+    objective: str = typer.Option("keras", hidden=True),
+    options: Optional[str] = typer.Option(None, hidden=True, help="JSON options for the objective."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain progress lines instead of a live table."),
+):
+    """Create a study and run it: hyperopt's fmin queues trials, workers train them."""
+    _setup_logging()
+    import json
+    import os
+
+    with _user_errors():
+        # everything that can be checked without TensorFlow or a server, first
+        from ..data import DataSpec
+        from ..search.spaces import load_space_file
+        from ..store.studies import Study
+
+        search = search_settings(algo, startup_trials, grid_points, acquisition, kappa)
+        space_json = load_space_file(space) if space else None
+        if mongo:
+            from ..store import parse_mongo_url
+
+            parse_mongo_url(mongo)  # a bad URL fails before anything is downloaded
+        roots: list[str] = []
+        notices: list[str] = []
+        if objective == "keras":
+            from ..models.recipes import check_launch_inputs, resolve_launch
+            from ..objectives.keras_launch import keras_objective, keras_study
+            from ..objectives.keras_trial import Training
+
+            given = {"dataset": dataset, "size": size, "channels": channels, "interpolation": interpolation,
+                     "val_fraction": val_fraction, "source": source, "seed": seed, "epochs": epochs,
+                     "patience": patience, "loss": loss, "weights": weights, "max_evals": max_evals}
+            settings = resolve_launch(model, given)
+            training = Training(epochs=settings.epochs, patience=settings.patience, loss=settings.loss,
+                                max_train_samples=max_train_samples, weights=settings.weights, seed=seed,
+                                mixed_precision=mixed_precision, xla=xla)
+            obj = keras_objective(model, DataSpec.from_dict(settings.dataset), training, augment=augment)
+            max_evals, dataset, epochs = settings.max_evals, settings.dataset["name"], settings.epochs
+            prune = pruner_settings(pruner, min_epochs, reduction_factor, min_trials, epochs)
+            core = dict(search=search, pruner=prune, lease_s=lease, max_attempts=max_attempts,
+                        queue_spare=queue_spare, seed=seed, artifacts_root=artifacts)
+            name = study or f"{model}-{dataset}"
+            Study(name=name, max_evals=max_evals, objective=obj, **core).validate()
+            from .data import _progress
+
+            with _progress() as progress:  # the data and the weights are here, or one error line
+                check_launch_inputs(settings, progress=progress)
+            notices = list(settings.notices)
+            st = keras_study(name, max_evals, obj, space=space_json, **core)
+            roots = [os.path.dirname(os.path.abspath(os.path.expanduser(p)))
+                     for p in (source, settings.weights if settings.weights not in (None, "imagenet") else None)
+                     if p]
+        else:  # the pool's own objectives: no model, no recipe
+            dataset = dataset or "-"
+            max_evals = 20 if max_evals is None else max_evals
+            prune = pruner_settings(pruner, min_epochs, reduction_factor, min_trials, None)
+            opts = json.loads(options) if options else {}
+            st = Study(name=study or f"{model}-{objective}", max_evals=max_evals,
+                       objective={"kind": objective, **opts}, space=space_json, search=search, pruner=prune,
+                       lease_s=lease, max_attempts=max_attempts, queue_spare=queue_spare, seed=seed,
+                       artifacts_root=artifacts).validate()
+        for notice in notices:
+            err.print(f"note: {notice}", highlight=False, soft_wrap=True)
+        with _mongo(mongo) as url:
+            from ..pool.coordinator import Coordinator
+            from ..store import redact
+
+            coord = Coordinator(url)
+            try:
+                coord.create(st)
+            finally:
+                coord.close()
+            out.print(f"study [bold]{st.name}[/] created on {redact(url)}: {model} on {dataset}, "
+                      f"{max_evals} trials, {algo}" + (f", {pruner} pruning" if prune else ""), highlight=False)
+            snap = drive(url, st.name, workers, quiet, wait=wait, allowed_roots=roots)
+        report_done(snap, st.name)
+
+
+@app.command()
+def resume(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
+           workers: int = typer.Option(0, help="Start this many local worker processes."),
+           max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Raise the study's budget."),
+           wait: bool = typer.Option(False, "--wait", help="If another coordinator runs this study, wait for it."),
+           quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Continue an interrupted study up to its max evals (nothing is run twice)."""
+    _setup_logging()
+    if max_evals is not None and max_evals < 1:
+        with _user_errors():
+            raise ConfigError(f"--max-evals must be a positive integer, got {max_evals}")
+    with _user_errors(), _mongo(mongo) as url:
+        from ..objectives import runs_user_code
+        from ..pool.coordinator import Coordinator
+
+        coord = Coordinator(url)
+        try:
+            st = coord.studies.get(name)
+            if max_evals is not None:
+                # a live coordinator would not see the new budget: refuse now (StudyBusy) unless --wait
+                token = None if wait else coord.acquire(name)
+                coord.studies.update(name, max_evals=max_evals)
+                if token:
+                    coord.studies.release_coordinator(name, token)
+        finally:
+            coord.close()
+        snap = drive(url, name, workers, quiet, wait=wait, allow_user_code=runs_user_code(st.objective))
+        report_done(snap, st.name)

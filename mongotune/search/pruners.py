@@ -1,0 +1,224 @@
+"""Pruners: stop hopeless trials early, decided by each worker from the study's curves in MongoDB.
+
+One small interface: after a trial reports a step, the worker builds the
+study's curves (``StudyCurves``) and asks ``pruner.should_prune(curves, tid,
+step)``.  Curves are oriented so that lower is better (a metric to maximise
+is negated), so every pruner is written once.  Nothing waits: a decision uses
+whatever the other trials have reported so far, so it works with any number
+of workers on any number of hosts, with workers joining mid-study, and after
+a resume (the curves live in the trial documents).
+
+* ``median``: stop a trial whose best value so far is worse than the median of
+  the other trials' best values up to the same step (after ``min_epochs``
+  steps, and once ``min_trials`` others have reached that step).
+* ``asha``: asynchronous successive halving.  Rungs at ``min_epochs *
+  reduction_factor**k``; a trial reaching a rung continues only if its value
+  there is among the best ``1/reduction_factor`` of all values recorded at
+  that rung so far (it is always compared, never queued behind stragglers).
+* ``hyperband``: several successive-halving brackets with staggered first
+  rungs (``min_epochs * reduction_factor**b``); a trial's bracket is fixed by
+  its tid, and it only competes with trials of its own bracket.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+PRUNERS = ("none", "median", "asha", "hyperband")
+
+
+@dataclass
+class TrialCurve:
+    """One trial's readings, oriented so that lower is better."""
+
+    tid: int
+    values: dict[int, float] = field(default_factory=dict)  # step -> value
+    finished: bool = False
+
+    def at(self, step: int) -> float | None:
+        """The value at ``step``, or at the last step before it that was reported (None if none)."""
+        if step in self.values:
+            return self.values[step]
+        earlier = [s for s in self.values if s <= step]
+        return self.values[max(earlier)] if earlier else None
+
+    def best_until(self, step: int) -> float | None:
+        vals = [v for s, v in self.values.items() if s <= step]
+        return min(vals) if vals else None
+
+    @property
+    def last_step(self) -> int:
+        return max(self.values) if self.values else 0
+
+
+@dataclass
+class StudyCurves:
+    trials: dict[int, TrialCurve] = field(default_factory=dict)
+
+    def others(self, tid: int) -> list[TrialCurve]:
+        return [c for t, c in self.trials.items() if t != tid]
+
+
+class Pruner:
+    """Base class: answer "stop trial ``tid`` now, at ``step``?" from the study's curves."""
+
+    name = "none"
+
+    def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
+        return False
+
+    def decides_at(self, tid: int, step: int) -> bool:
+        """Whether a decision is taken at this step at all (saves reading the curves when not)."""
+        return True
+
+    def describe(self) -> str:
+        return self.name
+
+
+class NoPruner(Pruner):
+    pass
+
+
+class MedianPruner(Pruner):
+    name = "median"
+
+    def __init__(self, min_epochs: int = 1, min_trials: int = 4):
+        self.min_epochs = min_epochs
+        self.min_trials = min_trials
+
+    def decides_at(self, tid: int, step: int) -> bool:
+        return step >= self.min_epochs
+
+    def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
+        if step < self.min_epochs or tid not in curves.trials:
+            return False
+        mine = curves.trials[tid].best_until(step)
+        others = [c.best_until(step) for c in curves.others(tid) if c.last_step >= step]
+        others = [v for v in others if v is not None]
+        if mine is None or len(others) < self.min_trials:
+            return False
+        return mine > statistics.median(others)
+
+    def describe(self) -> str:
+        return f"median (from epoch {self.min_epochs}, once {self.min_trials} other trials got there)"
+
+
+def _keeps(mine: float, competing: list[float], reduction_factor: int) -> bool:
+    """Is ``mine`` among the best ``len/reduction_factor`` (at least the best one) of ``competing``?"""
+    ranked = sorted(competing)
+    k = max(1, len(ranked) // reduction_factor)
+    return mine <= ranked[k - 1]
+
+
+class ASHAPruner(Pruner):
+    name = "asha"
+
+    def __init__(self, min_epochs: int = 1, reduction_factor: int = 3, min_trials: int = 1):
+        self.min_epochs = min_epochs
+        self.reduction_factor = reduction_factor
+        self.min_trials = min_trials  # comparisons start once this many trials reached the rung
+
+    def rungs_until(self, step: int, first: int) -> list[int]:
+        rungs, r = [], first
+        while r <= step:
+            rungs.append(r)
+            r *= self.reduction_factor
+        return rungs
+
+    def first_rung(self, tid: int) -> int:
+        return self.min_epochs
+
+    def decides_at(self, tid: int, step: int) -> bool:
+        rungs = self.rungs_until(step, self.first_rung(tid))
+        return bool(rungs) and rungs[-1] == step
+
+    def peers(self, curves: StudyCurves, tid: int) -> list[TrialCurve]:
+        return curves.others(tid)
+
+    def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
+        mine = curves.trials.get(tid)
+        if mine is None:
+            return False
+        if not self.decides_at(tid, step):  # decisions are taken at rungs only
+            return False
+        value = mine.at(step)
+        if value is None:
+            return False
+        competing = [c.at(step) for c in self.peers(curves, tid) if c.last_step >= step]
+        competing = [v for v in competing if v is not None] + [value]
+        if len(competing) < self.min_trials + 1:
+            return False
+        return not _keeps(value, competing, self.reduction_factor)
+
+    def describe(self) -> str:
+        return f"asha (rungs at epoch {self.min_epochs} x {self.reduction_factor}^k, keeps the best 1/{self.reduction_factor})"
+
+
+class HyperbandPruner(ASHAPruner):
+    name = "hyperband"
+
+    def __init__(self, min_epochs: int = 1, reduction_factor: int = 3, max_epochs: int = 27, min_trials: int = 1):
+        super().__init__(min_epochs, reduction_factor, min_trials)
+        if max_epochs < min_epochs:
+            raise ConfigError(f"hyperband needs max epochs ({max_epochs}) >= --min-epochs ({min_epochs})")
+        self.max_epochs = max_epochs
+        self.brackets = int(math.floor(math.log(max_epochs / min_epochs, reduction_factor) + 1e-9)) + 1
+
+    def bracket(self, tid: int) -> int:
+        return tid % self.brackets
+
+    def first_rung(self, tid: int) -> int:
+        return self.min_epochs * self.reduction_factor ** self.bracket(tid)
+
+    def peers(self, curves: StudyCurves, tid: int) -> list[TrialCurve]:
+        b = self.bracket(tid)
+        return [c for c in curves.others(tid) if self.bracket(c.tid) == b]
+
+    def describe(self) -> str:
+        return (f"hyperband ({self.brackets} brackets, first rungs at epoch {self.min_epochs} x "
+                f"{self.reduction_factor}^b up to {self.max_epochs})")
+
+
+def _int_option(spec: dict, key: str, default: int, low: int, flag: str) -> int:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def validate_pruner(spec: dict | None, max_epochs: int | None = None) -> dict | None:
+    """Check a study's pruner settings; return them normalised (None for no pruning)."""
+    if not spec or spec.get("kind") in (None, "none"):
+        return None
+    make_pruner(spec, max_epochs)
+    return dict(spec)
+
+
+def make_pruner(spec: dict | None, max_epochs: int | None = None) -> Pruner:
+    """The pruner a study's ``pruner`` setting names, e.g. ``{"kind": "asha", "min_epochs": 1,
+    "reduction_factor": 3}``; ConfigError (one line) for anything invalid."""
+    if not spec or spec.get("kind") in (None, "none"):
+        return NoPruner()
+    kind = spec.get("kind")
+    if kind not in PRUNERS:
+        raise ConfigError(f"unknown pruner {kind!r}; choose from: {', '.join(PRUNERS)}")
+    min_epochs = _int_option(spec, "min_epochs", 1, 1, "--min-epochs")
+    min_trials = _int_option(spec, "min_trials", 4 if kind == "median" else 1, 1, "--min-trials")
+    if kind == "median":
+        return MedianPruner(min_epochs, min_trials)
+    rf = _int_option(spec, "reduction_factor", 3, 2, "--reduction-factor")
+    if kind == "asha":
+        return ASHAPruner(min_epochs, rf, min_trials)
+    top = spec.get("max_epochs", max_epochs)
+    if top is None:
+        raise ConfigError("hyperband needs the most epochs (steps) a trial can run: pass --max-epochs")
+    return HyperbandPruner(min_epochs, rf, _int_option({"m": top}, "m", 1, 1, "--max-epochs"), min_trials)
+
+
+def orient(value: float, goal: str) -> float:
+    """A metric reading as a pruner compares it: lower is better."""
+    return -value if goal == "max" else value
