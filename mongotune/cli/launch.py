@@ -51,7 +51,9 @@ def drive(url: str, name: str, workers: int, quiet: bool = False, *, wait: bool 
     from ..pool.local import LocalPool
 
     coord = Coordinator(url)
-    pool = LocalPool(url, workers, study=name, allow_user_code=allow_user_code,
+    # the workers get the whole URL, password included (from $MONGOTUNE_MONGO_PASSWORD or a file too),
+    # through a file only this user can read
+    pool = LocalPool(coord.parsed.client_uri, workers, study=name, allow_user_code=allow_user_code,
                      allowed_roots=allowed_roots).start() if workers > 0 else None
     stop = threading.Event()
 

@@ -133,7 +133,7 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
-FOREVER = RetryPolicy(max_wait_s=None)
+FOREVER = RetryPolicy(max_wait_s=None, max_delay_s=2.0)  # workers, coordinators: wait out any outage, retry every 2 s
 
 
 def retrying(what: str):
