@@ -257,8 +257,7 @@ QUEUE_SPARE: int | None = None  # --queue-spare: override the study default
 def make_study(name, n, objective, sleep_s, algo="tpe"):
     from mongotune.store.studies import Study
 
-    study = Study(name=name, model=objective, dataset={"name": "digits"}, max_evals=n, objective=objective,
-                  options={"sleep_s": sleep_s}, algo=algo)
+    study = Study(name=name, max_evals=n, objective={"kind": objective, "sleep_s": sleep_s}, search={"algo": algo})
     if QUEUE_SPARE is not None:
         study.queue_spare = QUEUE_SPARE
     return study

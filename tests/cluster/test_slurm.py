@@ -55,8 +55,8 @@ def slurm(tmp_path_factory):
 
 
 def _study(name, max_evals, **options):
-    return Study(name=name, model="synthetic", dataset={"name": "digits"}, max_evals=max_evals,
-                 objective="synthetic", options=options, algo="rand")
+    return Study(name=name, max_evals=max_evals, objective={"kind": "synthetic", **options},
+                 search={"algo": "rand"})
 
 
 def _runs_per_tid(record_dir: Path) -> collections.Counter:
@@ -158,7 +158,7 @@ def test_study_runs_on_an_array_with_its_password_kept_out_of_slurm(slurm, tmp_p
         wait_for(lambda: not _tasks(slurm, job), 60, 0.5, what="cancelled tasks to end")
         gone = list(db.workers.find({"slurm.array_job": job}))
         assert len(gone) == 2 and all(w["status"] == "stopped" and w["exit"] == "stopped" for w in gone)
-        docs = list(db.jobs.find({"study": "s1"}))
+        docs = list(db.jobs.find({"exp_key": "mongotune:s1"}))
     finally:
         server.stop()
     assert len(docs) == 6 and all(d["state"] == JOB_STATE_DONE and d["result"]["status"] == "ok" for d in docs)
@@ -179,7 +179,7 @@ def test_scancel_and_requeue_of_tasks_mid_trial_lose_nothing(slurm, mongo_url, t
                           what="task 0 running a trial")
         tid0 = victim["current"]["tid"]
         _slurm(slurm, "scancel", f"{job}_0")
-        handed = wait_for(lambda: db.jobs.find_one({"study": "s2", "tid": tid0, "requeues": {"$exists": True}}),
+        handed = wait_for(lambda: db.jobs.find_one({"exp_key": "mongotune:s2", "tid": tid0, "requeues": {"$exists": True}}),
                           60, 0.1, what="trial of the cancelled task handed back")
         assert handed["requeues"][0]["reason"] == "worker shutdown"
         wait_for(lambda: db.workers.find_one({"_id": victim["_id"], "status": "stopped"}), 30, 0.1,
@@ -189,7 +189,7 @@ def test_scancel_and_requeue_of_tasks_mid_trial_lose_nothing(slurm, mongo_url, t
                                                   **{"slurm.restarts": 0}), 60, 0.1, what="task 1 running a trial")
         tid1 = second["current"]["tid"]
         _slurm(slurm, "scontrol", "requeue", f"{job}_1")
-        wait_for(lambda: db.jobs.find_one({"study": "s2", "tid": tid1, "requeues.reason": "worker shutdown"}),
+        wait_for(lambda: db.jobs.find_one({"exp_key": "mongotune:s2", "tid": tid1, "requeues.reason": "worker shutdown"}),
                  60, 0.1, what="trial of the requeued task handed back")
         rejoined = wait_for(lambda: _worker_of_task(db, job, 1, **{"slurm.restarts": 1}), 120, 0.5,
                             what="requeued task back in the pool")
@@ -199,14 +199,14 @@ def test_scancel_and_requeue_of_tasks_mid_trial_lose_nothing(slurm, mongo_url, t
         stop_ev.set()
         run_cli("slurm", "cancel", job, **slurm.env)
     wait_for(lambda: not _tasks(slurm, job), 60, 0.5, what="tasks to end")
-    docs = {d["tid"]: d for d in db.jobs.find({"study": "s2"})}
+    docs = {d["tid"]: d for d in db.jobs.find({"exp_key": "mongotune:s2"})}
     assert len(docs) == 6 and all(d["state"] == JOB_STATE_DONE and d["result"]["status"] == "ok"
                                   for d in docs.values())
     runs = _runs_per_tid(rec)
     assert len(runs) == 6 and set(runs.values()) == {1}, runs  # nothing lost, nothing run twice
     assert docs[tid0]["worker"]["id"] != victim["_id"] and docs[tid1]["worker"]["id"] != second["_id"]
     assert not docs[tid0].get("attempts") and not docs[tid1].get("attempts")  # handed back, not a lost lease
-    assert db.jobs.count_documents({"study": "s2", "worker.id": rejoined["_id"]}) >= 1
+    assert db.jobs.count_documents({"exp_key": "mongotune:s2", "worker.id": rejoined["_id"]}) >= 1
     log1 = _log(home, "mongotune-s2", job, 1)
     assert "restart 0)" in log1 and "restart 1)" in log1 and "handed back" in log1  # one file across requeue
 
@@ -219,7 +219,7 @@ def test_time_limit_hands_the_trial_back(slurm, mongo_url, tmp_path, home):
     t, stop_ev, done = _coordinate(mongo_url, "s3")
     db = db_of(mongo_url)
     try:
-        running = wait_for(lambda: db.jobs.find_one({"study": "s3", "state": JOB_STATE_RUNNING}), 90, 0.2,
+        running = wait_for(lambda: db.jobs.find_one({"exp_key": "mongotune:s3", "state": JOB_STATE_RUNNING}), 90, 0.2,
                            what="a running trial")
         # Slurm counts limits in minutes and checks them every 30 s, so a 1-minute --time could signal a worker
         # still importing. Instead the running task's limit is cut to 60-120 s from now: Slurm's warning signal
@@ -236,7 +236,7 @@ def test_time_limit_hands_the_trial_back(slurm, mongo_url, tmp_path, home):
         assert _worker_of_task(db, job, 0)["exit"] == "stopped"
 
         # the trial is not lost: with a shorter sleep, a fresh array finishes it, once
-        coord.studies.update("s3", options={"sleep_s": 0.2, "record_dir": str(rec)})
+        coord.studies.update("s3", objective={"kind": "synthetic", "sleep_s": 0.2, "record_dir": str(rec)})
         job2 = _submit(slurm, mongo_url, "--workers", 1, "--study", "s3", "--time", "5")
         t.join(120)
         assert not t.is_alive(), _log(home, "mongotune-s3", job2, 0)[-2000:]

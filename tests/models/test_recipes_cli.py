@@ -161,7 +161,7 @@ def test_launch_vggstrix_runs_the_seed_setting_end_to_end(mongo_url, offline, fm
     training = st["training"]
     assert (training["epochs"], training["patience"], training["loss"]) == (1, 5, "neg_val_accuracy_squared")
     assert training["weights"] == str(vgg19_file)
-    trial = db.jobs.find_one({"study": "vgg-seed"})
+    trial = db.jobs.find_one({"exp_key": "mongotune:vgg-seed"})
     res = trial["result"]
     assert res["status"] == "ok", json.dumps(res, default=str)[:2000]
     assert res["loss"] == pytest.approx(-res["val_accuracy"] ** 2)
