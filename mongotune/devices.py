@@ -10,7 +10,11 @@ import subprocess
 
 @functools.lru_cache(maxsize=1)
 def gpu_memory_bytes() -> int | None:
-    """Total memory of the first visible NVIDIA GPU, or None without one."""
+    """Total memory of the first visible NVIDIA GPU (from ``nvidia-smi``), or None without one.
+
+    Used for the memory guard's budget only; whether the backend can use the
+    GPU at all is ``has_gpu``'s question.
+    """
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return None
@@ -26,8 +30,38 @@ def gpu_memory_bytes() -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def backend_gpus() -> int:
+    """How many GPUs the Keras backend itself can use in this process.
+
+    This, not ``nvidia-smi``, decides "auto" mixed precision and XLA: a
+    CPU-only TensorFlow (or JAX, or PyTorch) build on a machine with a GPU
+    cannot use it, and must not switch to float16 for it.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return len(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return sum(1 for d in jax.devices() if d.platform == "gpu")
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a backend that cannot list devices has none we can use
+        return 0
+    return 0
+
+
 def has_gpu() -> bool:
-    return gpu_memory_bytes() is not None
+    """Does the Keras backend have a GPU to train on?"""
+    return backend_gpus() > 0
 
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,

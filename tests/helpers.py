@@ -67,3 +67,19 @@ def log_text(path: Path) -> str:
         return path.read_text(errors="replace")
     except OSError:
         return ""
+
+
+def queue_trials(url: str, study: str, params: list[dict], first_tid: int = 1) -> list[int]:
+    """Queue trials with these exact params (as a coordinator would, but in a chosen order)."""
+    from mongotune.store.trialdoc import QUEUED, TrialStore
+
+    db = db_of(url)
+    tids = []
+    for i, p in enumerate(params):
+        tid = first_tid + i
+        db.jobs.insert_one(TrialStore.stamp({"tid": tid, "exp_key": f"mongotune:{study}", "state": QUEUED,
+                                             "owner": None, "result": {"status": "new"}, "version": 0,
+                                             "spec": None, "misc": {"tid": tid, "idxs": {}, "vals": {}}}, p))
+        tids.append(tid)
+    db.client.close()
+    return tids

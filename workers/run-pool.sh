@@ -32,18 +32,18 @@ fi
 # keep_running LOG ENV... -- CMD...: run CMD until it exits 0 (stopped on purpose) or we are told to stop
 keep_running() {
   local log="$1"; shift
-  local delay=5 child=""
+  local delay=5 child="" code started
   trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
   stopping=0
   while [ "$stopping" = 0 ]; do
-    local started=$SECONDS
+    started=$SECONDS
     env "$@" >>"$log" 2>&1 &
     child=$!
-    wait "$child"; local code=$?
+    code=0; wait "$child" || code=$?
     # a signal interrupts `wait`: wait again for the worker to hand its trial back
-    while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done
-    [ "$stopping" = 1 ] || [ "$code" = 0 ] && break
-    [ $((SECONDS - started)) -ge 600 ] && delay=5
+    while kill -0 "$child" 2>/dev/null; do code=0; wait "$child" || code=$?; done
+    if [ "$stopping" = 1 ] || [ "$code" = 0 ]; then break; fi
+    if [ $((SECONDS - started)) -ge 600 ]; then delay=5; fi
     echo "$(date '+%F %T') worker exited with code $code; restarting in ${delay}s" | tee -a "$log" >&2
     sleep "$delay" & wait $! || true
     delay=$(( delay * 2 > 300 ? 300 : delay * 2 ))

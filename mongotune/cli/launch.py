@@ -162,6 +162,8 @@ def launch(
     max_train_samples: Optional[int] = typer.Option(None, help="Train on at most this many samples per trial."),
     weights: Optional[str] = typer.Option(None, help="vggstrix: 'imagenet' or a local VGG19 no-top .h5 path "
                                           "(default: the recipe's, imagenet)."),
+    keep_models: int = typer.Option(3, "--keep-models", help="Keep the saved models of the best K trials; the "
+                                    "others' are deleted as the study goes (params, history, curves stay)."),
     artifacts: Optional[str] = typer.Option(None, help="Optional shared artifact root for the study; each "
                                             "worker uses it only if it is among its --allow-root roots."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision",
@@ -217,10 +219,13 @@ def launch(
             given = {"dataset": dataset, "size": size, "channels": channels, "interpolation": interpolation,
                      "val_fraction": val_fraction, "source": source, "seed": seed, "epochs": epochs,
                      "patience": patience, "loss": loss, "weights": weights, "max_evals": max_evals}
+            from .._quiet import import_keras_quietly
+
+            import_keras_quietly()  # the model registry needs Keras; its start-up chatter stays off the terminal
             settings = resolve_launch(model, given)
             training = Training(epochs=settings.epochs, patience=settings.patience, loss=settings.loss,
                                 max_train_samples=max_train_samples, weights=settings.weights, seed=seed,
-                                mixed_precision=mixed_precision, xla=xla)
+                                mixed_precision=mixed_precision, xla=xla, keep_models=keep_models)
             obj = keras_objective(model, DataSpec.from_dict(settings.dataset), training, augment=augment)
             max_evals, dataset, epochs = settings.max_evals, settings.dataset["name"], settings.epochs
             prune = pruner_settings(pruner, min_epochs, reduction_factor, min_trials, epochs)

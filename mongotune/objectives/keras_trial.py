@@ -40,6 +40,7 @@ class Training:
     xla: str = "auto"  # auto | on | off: XLA-compiled train steps when a GPU is present (not with torch)
     weights: str | None = None  # vggstrix: 'imagenet', a path, or None
     save_model: bool = True
+    keep_models: int = 3  # the best K trials keep their model.keras; the others' are deleted as the study goes
     tensorboard: bool = True
     seed: int = 0
 
@@ -52,6 +53,8 @@ class Training:
                                   f"got {getattr(self, key)!r}")
         if self.epochs < 1 or self.patience < 0:
             raise ConfigError("--epochs must be >= 1 and --patience >= 0")
+        if self.keep_models < 0:
+            raise ConfigError(f"--keep-models must be >= 0, got {self.keep_models}")
         return self
 
     @property

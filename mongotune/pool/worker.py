@@ -90,6 +90,14 @@ def _under(path: str, roots: list[Path]) -> bool:
     return any(p == r or r in p.parents for r in roots)
 
 
+def _latest_run(points: list[dict]) -> list[dict]:
+    """The points of a trial's latest run (a trial run again starts its curve again)."""
+    if not points:
+        return []
+    latest = points[-1].get("lease", "")
+    return [p for p in points if p.get("lease", "") == latest]
+
+
 class _CurveCache:
     """The study's curves as a pruner sees them, read incrementally.
 
@@ -102,26 +110,28 @@ class _CurveCache:
         self.done: dict[int, TrialCurve] = {}
         self.since = None
 
+    def _curve(self, doc: dict, finished: bool) -> TrialCurve:
+        points = _latest_run(decode(doc.get("curve") or []))
+        return TrialCurve(doc["tid"], {p["step"]: orient(p["value"], self.study.goal) for p in points}, finished)
+
     def read(self) -> StudyCurves:
-        goal = self.study.goal
+        import datetime
+
         q_done = {"exp_key": self.study.exp_key, "state": DONE}
         if self.since is not None:
             q_done["refresh_time"] = {"$gt": self.since}
         fields = ["tid", "state", "curve", "refresh_time"]
+        newest = self.since
         for doc in self.trials.jobs.find(q_done, projection=fields):
-            self.done[doc["tid"]] = TrialCurve(doc["tid"], {p["step"]: orient(p["value"], goal)
-                                                            for p in decode(doc.get("curve") or [])}, True)
+            self.done[doc["tid"]] = self._curve(doc, True)
             t = doc.get("refresh_time")
-            if t is not None and (self.since is None or t > self.since):
-                self.since = t
-        if self.since is not None:  # writes stamped just before the newest one may land just after it
-            import datetime
-
-            self.since -= datetime.timedelta(seconds=2)
+            if t is not None and (newest is None or t > newest):
+                newest = t
+        if newest is not None:  # writes stamped just before the newest one may become visible just after it
+            self.since = newest - datetime.timedelta(seconds=2)
         curves = StudyCurves(dict(self.done))
         for doc in self.trials.jobs.find({"exp_key": self.study.exp_key, "state": RUNNING}, projection=fields):
-            curves.trials[doc["tid"]] = TrialCurve(doc["tid"], {p["step"]: orient(p["value"], goal)
-                                                                for p in decode(doc.get("curve") or [])})
+            curves.trials[doc["tid"]] = self._curve(doc, False)
         return curves
 
 
@@ -154,6 +164,7 @@ class Worker:
         self._keys: tuple[float, list[str]] = (-1e9, [])
         self._curves: dict[str, _CurveCache] = {}
         self._pruners: dict[str, Pruner] = {}
+        self._pruned_by: dict[int, dict] = {}  # tid -> why the pruner stopped it
         self._last_reap = 0.0
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
@@ -243,10 +254,9 @@ class Worker:
                         warned_at = time.monotonic()
                         log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
                 self._hb_stop.wait(interval)
-        except BaseException as exc:  # noqa: BLE001 - recorded; the main loop reacts
+        except Exception as exc:  # noqa: BLE001 - recorded; the trial is handed back and a new thread starts
             self._hb_error = exc
-            log.error("heartbeat thread died: %s: %s", type(exc).__name__, exc)
-            raise
+            log.exception("heartbeat thread died: %s: %s", type(exc).__name__, exc)
 
     def _ensure_heartbeat(self) -> None:
         if self._hb_thread is not None and self._hb_thread.is_alive():
@@ -355,6 +365,7 @@ class Worker:
         if slurm:  # started by `mongotune slurm submit`: `slurm status` pairs it with its array task
             info["slurm"] = slurm
         self.retry.call(lambda: self.registry.register(info), "register worker")
+        self.retry.call(self.registry.forget_dead, "forget dead workers")
         self._hb_stop.clear()
         self._ensure_heartbeat()
         self.flush_spool()
@@ -392,6 +403,32 @@ class Worker:
             log.info("worker %s leaving: %s after %d trials", self.id, reason, self.trials_done)
         self.exit_reason = reason
         return reason
+
+    # ------------------------------------------------------------ disk space
+    def _keep_best_models(self, study: Study) -> None:
+        """Delete the saved models of this host's trials that are not among the study's best K.
+
+        Every trial keeps its params, history and curve; only the (large) model
+        files go.  Each worker cleans its own host's files, so no host touches
+        another's disk.
+        """
+        keep = (study.objective.get("training") or {}).get("keep_models")
+        if keep is None:
+            return
+        try:
+            ranked = self.trials.ranked(study.exp_key, include_pruned=True,
+                                        fields=["tid", "exp_key", "state", "result.loss", "result.status",
+                                                "result.pruned", "artifacts"])
+        except pymongo.errors.PyMongoError:
+            return  # next time
+        for rec in ranked[int(keep):]:
+            if rec.artifacts is None or rec.artifacts.host != self.host:
+                continue
+            for name in MODEL_FILES:
+                try:
+                    (Path(rec.artifacts.path) / name).unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("cannot delete %s of trial %s: %s", name, rec.tid, exc)
 
     # ------------------------------------------------------------ one trial
     def _artifacts_dir(self, study: Study, lease: Lease) -> Path:
@@ -437,10 +474,11 @@ class Worker:
             if pruner.name == "none" or not pruner.decides_at(lease.tid, int(step)):
                 return False
             curves = REPORT_RETRY.call(self._curves[study.name].read, "read curves")
-            decision = pruner.should_prune(curves, lease.tid, int(step))
-            if decision:
-                log.info("trial %s: pruned at step %s (%s)", lease.tid, step, pruner.describe())
-            return decision
+            prune, detail = pruner.decision(curves, lease.tid, int(step))
+            if prune:
+                self._pruned_by[lease.tid] = detail
+                log.info("trial %s: pruned at step %s (%s: %s)", lease.tid, step, pruner.describe(), detail)
+            return prune
         except Exception as exc:  # noqa: BLE001 - the database is away: train on, decide later
             if not is_transient(exc):
                 raise
@@ -481,7 +519,7 @@ class Worker:
             self.retry.call(lambda: self.trials.record_artifacts(lease, self.host, str(art)), "record artifacts")
             result = validate_result(get_objective(study.objective)(study, lease.params, ctx))
         except TrialPruned as p:
-            result = self._pruned_result(study, readings, p)
+            result = self._pruned_result(study, readings, p, self._pruned_by.pop(lease.tid, None))
         except TrialFailure as f:
             result = failure_result(f.kind, f.reason, traceback.format_exc() if f.kind == "exception" else None)
         except Exception as exc:  # noqa: BLE001 - trial-level failure: record and go on
@@ -498,10 +536,12 @@ class Worker:
                 self._progress = None
 
     @staticmethod
-    def _pruned_result(study: Study, readings: list[float], p: TrialPruned) -> dict:
+    def _pruned_result(study: Study, readings: list[float], p: TrialPruned, why: dict | None) -> dict:
         """A pruned trial's result: the objective's own (with its loss), or else the loss of its best
-        reading so far (the metric negated when it is maximised)."""
+        reading so far (the metric negated when it is maximised); with the pruner's reasons."""
         result = dict(p.result or {})
+        if why:
+            result["pruned_by"] = why
         if "loss" not in result:
             best = (max if study.goal == "max" else min)(readings) if readings else p.value
             result["loss"] = None if best is None else orient(best, study.goal)
@@ -530,6 +570,7 @@ class Worker:
         extra = {"duration_s": round(duration, 3), "worker": self.info, "owner": self.id}
         if self._deliver(lease, result, extra):
             self.trials_done += 1
+            self._keep_best_models(study)
             if result.get("pruned"):
                 log.info("trial %s: pruned at step %s, loss %.5g (%.1fs)", tid, result.get("pruned_at"),
                          result["loss"], duration)
@@ -539,6 +580,9 @@ class Worker:
                 log.warning("trial %s: failed (%s): %s", tid, result["failure"]["kind"], result["failure"]["reason"])
         else:
             log.warning("trial %s: finished by another worker first; result discarded", tid)
+
+
+MODEL_FILES = ("model.keras",)
 
 
 def _env_roots() -> list[str]:

@@ -75,6 +75,10 @@ class Pruner:
         """Whether a decision is taken at this step at all (saves reading the curves when not)."""
         return True
 
+    def decision(self, curves: StudyCurves, tid: int, step: int) -> tuple[bool, dict]:
+        """``(prune?, why)``: the answer and what it was based on (recorded on a pruned trial)."""
+        return self.should_prune(curves, tid, step), {"pruner": self.name, "step": step}
+
     def describe(self) -> str:
         return self.name
 
@@ -94,14 +98,20 @@ class MedianPruner(Pruner):
         return step >= self.min_epochs
 
     def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
+        return self.decision(curves, tid, step)[0]
+
+    def decision(self, curves: StudyCurves, tid: int, step: int) -> tuple[bool, dict]:
+        why: dict = {"pruner": self.name, "step": step}
         if step < self.min_epochs or tid not in curves.trials:
-            return False
+            return False, why
         mine = curves.trials[tid].best_until(step)
         others = [c.best_until(step) for c in curves.others(tid) if c.last_step >= step]
         others = [v for v in others if v is not None]
         if mine is None or len(others) < self.min_trials:
-            return False
-        return mine > statistics.median(others)
+            return False, why
+        median = statistics.median(others)
+        why.update(value=mine, median=median, others=len(others))
+        return mine > median, why
 
     def describe(self) -> str:
         return f"median (from epoch {self.min_epochs}, once {self.min_trials} other trials got there)"
@@ -140,19 +150,24 @@ class ASHAPruner(Pruner):
         return curves.others(tid)
 
     def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
+        return self.decision(curves, tid, step)[0]
+
+    def decision(self, curves: StudyCurves, tid: int, step: int) -> tuple[bool, dict]:
+        why: dict = {"pruner": self.name, "step": step}
         mine = curves.trials.get(tid)
-        if mine is None:
-            return False
-        if not self.decides_at(tid, step):  # decisions are taken at rungs only
-            return False
+        if mine is None or not self.decides_at(tid, step):  # decisions are taken at rungs only
+            return False, why
         value = mine.at(step)
         if value is None:
-            return False
+            return False, why
         competing = [c.at(step) for c in self.peers(curves, tid) if c.last_step >= step]
         competing = [v for v in competing if v is not None] + [value]
         if len(competing) < self.min_trials + 1:
-            return False
-        return not _keeps(value, competing, self.reduction_factor)
+            return False, why
+        kept = max(1, len(competing) // self.reduction_factor)
+        why.update(rung=step, value=value, competing=len(competing), kept=kept,
+                   rank=1 + sum(1 for v in competing if v < value))
+        return not _keeps(value, competing, self.reduction_factor), why
 
     def describe(self) -> str:
         return f"asha (rungs at epoch {self.min_epochs} x {self.reduction_factor}^k, keeps the best 1/{self.reduction_factor})"

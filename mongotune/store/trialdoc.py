@@ -104,6 +104,9 @@ class CurvePoint(BaseModel):
     step: int
     value: float
     t: float = 0.0  # seconds since the attempt started
+    at: datetime.datetime | None = None  # wall-clock time (UTC) of the reading
+    attempt: int = 1
+    lease: str = ""  # which reservation recorded it: a trial run again starts its curve again (earlier points stay)
 
 
 class WorkerInfo(BaseModel):
@@ -147,6 +150,14 @@ class TrialRecord(BaseModel):
     @property
     def outcome(self) -> Outcome:
         return outcome_of(self.state, self.result)
+
+    @property
+    def last_curve(self) -> list[CurvePoint]:
+        """The curve of the trial's latest run (earlier runs of a requeued trial stay in ``curve``)."""
+        if not self.curve:
+            return []
+        latest = self.curve[-1].lease
+        return [p for p in self.curve if p.lease == latest]
 
     @property
     def loss(self) -> float | None:
@@ -338,18 +349,23 @@ class TrialStore:
         return self.jobs.update_one(lease.filter, update).matched_count == 1
 
     def report(self, lease: Lease, step: int, value: float, t: float) -> bool:
-        """Append one reading of the study's metric to the trial's curve (once per step).
+        """Append one reading of the study's metric to the trial's curve (once per step and attempt).
 
         False: the lease is no longer held, or the step was already recorded
         (a retried write whose reply was lost).
         """
-        point = CurvePoint(step=int(step), value=float(value), t=round(float(t), 3)).model_dump()
-        res = self.jobs.update_one({**lease.filter, "curve.step": {"$ne": point["step"]}},
+        point = CurvePoint(step=int(step), value=float(value), t=round(float(t), 3), attempt=lease.attempt,
+                           lease=lease.token[:12],
+                           at=datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)).model_dump()
+        point["at"] = point["at"].replace(microsecond=point["at"].microsecond // 1000 * 1000)
+        seen = {"$elemMatch": {"step": point["step"], "lease": point["lease"]}}
+        res = self.jobs.update_one({**lease.filter, "curve": {"$not": seen}},
                                    {"$push": {"curve": encode(point)}, "$currentDate": {"refresh_time": True}})
         return res.matched_count == 1
 
     def has_step(self, lease: Lease, step: int) -> bool:
-        return self.jobs.count_documents({**lease.filter, "curve.step": int(step)}, limit=1) == 1
+        seen = {"$elemMatch": {"step": int(step), "lease": lease.token[:12]}}
+        return self.jobs.count_documents({**lease.filter, "curve": seen}, limit=1) == 1
 
     # ------------------------------------------------------------ the end of an attempt
     def finish(self, lease: Lease, result: dict, extra: dict | None = None) -> bool:

@@ -275,14 +275,16 @@ def _vgg19_weights(tmp_path: Path) -> Path:
 
 
 def _one_trial(settings, model: str) -> dict:
+    from mongotune.data import DataSpec
     from mongotune.objectives import TrialContext
-    from mongotune.objectives.keras_trial import train_trial
-    from mongotune.store.studies import Study, Training
+    from mongotune.objectives.keras_launch import keras_objective
+    from mongotune.objectives.keras_trial import Training, train_trial
+    from mongotune.store.studies import Study
 
-    study = Study(name=f"recipe-{model}", model=model, dataset=settings.dataset, max_evals=1,
-                  training=Training(epochs=settings.epochs, patience=settings.patience, loss=settings.loss,
-                                    weights=settings.weights, max_train_samples=200, save_model=False,
-                                    tensorboard=False))
+    training = Training(epochs=settings.epochs, patience=settings.patience, loss=settings.loss,
+                        weights=settings.weights, max_train_samples=200, save_model=False, tensorboard=False)
+    study = Study(name=f"recipe-{model}", max_evals=1,
+                  objective=keras_objective(model, DataSpec.from_dict(settings.dataset), training))
     from mongotune.models import get_model
 
     space = get_model(model).space(settings.input_shape)

@@ -156,9 +156,9 @@ def test_launch_vggstrix_runs_the_seed_setting_end_to_end(mongo_url, offline, fm
     assert "note:" not in r.stderr  # the recipe's own data: nothing adapted
     db = db_of(mongo_url)
     st = db.studies.find_one({"_id": "vgg-seed"})
-    assert {k: st["dataset"][k] for k in ("name", "size", "channels", "interpolation", "val_fraction")} == \
+    assert {k: st["objective"]["dataset"][k] for k in ("name", "size", "channels", "interpolation", "val_fraction")} == \
         {"name": "fashion_mnist", "size": 128, "channels": 3, "interpolation": "linear", "val_fraction": 0.2}
-    training = st["training"]
+    training = st["objective"]["training"]
     assert (training["epochs"], training["patience"], training["loss"]) == (1, 5, "neg_val_accuracy_squared")
     assert training["weights"] == str(vgg19_file)
     trial = db.jobs.find_one({"exp_key": "mongotune:vgg-seed"})

@@ -107,6 +107,13 @@ def test_report_appends_each_step_once(store):
     assert [(p["step"], p["value"]) for p in _doc(store, 1)["curve"]] == [(1, 0.5), (2, 0.7)]
     assert not store.report(Lease(None, 1, KEY, "stale", 1), 3, 0.9, 3.0)
     assert len(_doc(store, 1)["curve"]) == 2
+    # handed back and run again: the new run records its own curve, the old points stay
+    store.release(a, "worker shutdown")
+    b = store.reserve(W2, [KEY])
+    assert store.report(b, 1, 0.6, 1.0)
+    rec = store.get(KEY, 1)
+    assert [(p.step, p.value) for p in rec.curve] == [(1, 0.5), (2, 0.7), (1, 0.6)]
+    assert [(p.step, p.value) for p in rec.last_curve] == [(1, 0.6)] and rec.curve[0].at is not None
 
 
 # ---------------------------------------------------------------- finish
