@@ -73,7 +73,7 @@ def test_two_workers_run_every_trial_once_and_record_failures(mongo_url, tmp_pat
     assert study.status == "done" and study.best["loss"] == snap.best_loss
 
 
-@pytest.mark.parametrize("algo", ["tpe", "tpe-startup2", "rand", "anneal"])
+@pytest.mark.parametrize("algo", ["tpe", "tpe-startup2", "rand", "anneal", "gp"])
 def test_each_algorithm_with_a_queue_of_several(mongo_url, tmp_path, algo):
     coord = Coordinator(mongo_url)
     study = _study(f"alg-{algo}", 8, sleep_s=0.05, algo=algo.split("-")[0])
@@ -90,6 +90,29 @@ def test_each_algorithm_with_a_queue_of_several(mongo_url, tmp_path, algo):
         assert [stop(w) for w in workers] == [0, 0]
     assert snap.counts["ok"] == 8 and snap.best_loss is not None
     assert len({d["params"]["x"] for d in _docs(db_of(mongo_url), f"alg-{algo}")}) == 8
+
+
+def test_grid_with_four_workers_runs_every_point_once_and_ends(mongo_url, tmp_path):
+    rec = tmp_path / "runs"
+    coord = Coordinator(mongo_url)
+    study = _study("grid", 20, sleep_s=0.3, record_dir=str(rec), algo="grid")
+    study.space = {"opt": {"hp": "choice", "options": ["adam", "sgd", "rmsprop"]},
+                   "layers": {"hp": "quniform", "low": 1, "high": 2, "q": 1, "int": True}}
+    coord.create(study)
+    workers = [mongotune("worker", "--mongo", mongo_url, "--study", "grid", log=tmp_path / f"w{i}.log")
+               for i in range(4)]
+    try:
+        wait_for(lambda: len(coord.db.workers.distinct("pid", {"status": {"$ne": "stopped"}})) >= 4, 90,
+                 what="four workers")
+        snap = coord.run("grid")
+    finally:
+        assert [stop(w) for w in workers] == [0, 0, 0, 0]
+    docs = _docs(db_of(mongo_url), "grid")
+    assert len(docs) == 6 and [d["tid"] for d in docs] == list(range(6)) and all(d["state"] == JOB_STATE_DONE for d in docs)
+    points = {(d["params"]["opt"], d["params"]["layers"]) for d in docs}
+    assert points == {(o, n) for o in ("adam", "sgd", "rmsprop") for n in (1, 2)}
+    assert set(_runs_per_tid(rec).values()) == {1} and len(_runs_per_tid(rec)) == 6
+    assert snap.finished == 6 and coord.studies.get("grid").status == "done"  # exhausted, not interrupted
 
 
 def test_killed_worker_trial_is_requeued_after_lease(mongo_url, tmp_path):

@@ -13,7 +13,8 @@ from rich.table import Table
 from ..errors import ConfigError
 from ._common import MongoOpt, _mongo, _setup_logging, _user_errors, app, err, out
 
-SEARCH_HELP = "Search algorithm: tpe, rand, anneal (and the others `mongotune launch --help` lists)."
+SEARCH_HELP = ("Search algorithm: tpe (parallel-aware), rand, anneal, grid (every combination; the study ends "
+               "when it is exhausted) or gp (Gaussian-process Bayesian optimisation).")
 
 
 def progress_table(snap) -> Table:
@@ -107,17 +108,24 @@ def report_done(snap, name):
 
 
 def search_settings(algo: str, startup_trials: int | None, grid_points: int | None, acquisition: str | None,
-                    kappa: float | None) -> dict:
-    search: dict = {"algo": algo}
-    for key, value in (("startup_trials", startup_trials), ("grid_points", grid_points),
-                       ("acquisition", acquisition), ("kappa", kappa)):
-        if value is not None:
-            search[key] = value
+                    kappa: float | None, constant_liar: bool | None = None) -> dict:
+    """The study's ``search`` setting from the options given (the others stay the algorithm's defaults)."""
+    from ..search.algorithms import ALGORITHMS, check_options
+
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algo!r}; choose from: {', '.join(ALGORITHMS)}")
     if startup_trials is not None and startup_trials < 1:
         raise ConfigError(f"--startup-trials must be >= 1, got {startup_trials}")
-    if startup_trials is not None and algo not in ("tpe", "gp"):
-        raise ConfigError(f"--startup-trials applies to --algo tpe and gp, not --algo {algo}")
-    return search
+    flags = {"startup_trials": "--startup-trials", "grid_points": "--grid-points", "acquisition": "--acquisition",
+             "kappa": "--kappa", "constant_liar": "--no-constant-liar"}
+    given = {k: v for k, v in (("startup_trials", startup_trials), ("grid_points", grid_points),
+                               ("acquisition", acquisition), ("kappa", kappa),
+                               ("constant_liar", constant_liar)) if v is not None}
+    for key in given:
+        if key not in ALGORITHMS[algo][1]:
+            users = [a for a, (_, spec) in ALGORITHMS.items() if key in spec]
+            raise ConfigError(f"{flags[key]} applies to --algo {' and '.join(users)}, not --algo {algo}")
+    return {"algo": algo, **check_options(algo, given)}
 
 
 def pruner_settings(pruner: str, min_epochs: int | None, reduction_factor: int | None, min_trials: int | None,
@@ -178,8 +186,11 @@ def launch(
                                              "reach a step before any is stopped there (median 4, asha 1)."),
     grid_points: Optional[int] = typer.Option(None, "--grid-points", help="grid: values per continuous "
                                               "dimension."),
-    acquisition: Optional[str] = typer.Option(None, help="gp: ei or ucb."),
+    acquisition: Optional[str] = typer.Option(None, help="gp: ei (expected improvement, default) or ucb."),
     kappa: Optional[float] = typer.Option(None, help="gp with ucb: exploration weight."),
+    constant_liar: Optional[bool] = typer.Option(None, "--constant-liar/--no-constant-liar", help="tpe, gp: "
+                                                 "count queued and running trials as bad (worst for tpe, the mean "
+                                                 "for gp) so idle workers get distinct suggestions (default on)."),
     lease: float = typer.Option(60.0, help="Seconds without heartbeat before a trial is requeued."),
     max_attempts: int = typer.Option(3, help="Expired leases before a trial is failed."),
     startup_trials: Optional[int] = typer.Option(None, "--startup-trials", help="TPE: random trials before it "
@@ -203,7 +214,7 @@ def launch(
         from ..search.spaces import load_space_file
         from ..store.studies import Study
 
-        search = search_settings(algo, startup_trials, grid_points, acquisition, kappa)
+        search = search_settings(algo, startup_trials, grid_points, acquisition, kappa, constant_liar)
         space_json = load_space_file(space) if space else None
         if mongo:
             from ..store import parse_mongo_url
@@ -264,6 +275,13 @@ def launch(
                 coord.close()
             out.print(f"study [bold]{st.name}[/] created on {redact(url)}: {model} on {dataset}, "
                       f"{max_evals} trials, {algo}" + (f", {pruner} pruning" if prune else ""), highlight=False)
+            if algo == "grid":
+                from ..search.grid import grid_size
+                from ..search.spaces import build
+
+                size = grid_size(build(st.space), search.get("grid_points"))
+                if size < max_evals:
+                    out.print(f"the grid has {size} points; the study ends when it is exhausted", highlight=False)
             snap = drive(url, st.name, workers, quiet, wait=wait, allowed_roots=roots)
         report_done(snap, st.name)
 

@@ -35,7 +35,7 @@ from typing import Callable
 
 import gridfs
 import numpy as np
-from hyperopt import anneal, base, rand, tpe
+from hyperopt import base
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW, JOB_STATE_RUNNING
 from hyperopt.fmin import FMinIter, space_eval
 
@@ -51,28 +51,17 @@ from ..store.workers import WorkerRegistry
 log = logging.getLogger("mongotune.coordinator")
 
 DEFAULT_SYNTHETIC_SPACE = {"x": {"hp": "uniform", "low": -1.0, "high": 1.0}}
-_BASE_ALGOS = {"tpe": tpe.suggest, "rand": rand.suggest, "anneal": anneal.suggest}
 
 
 class CoordinatorLost(MongotuneError):
     """Another coordinator took the study over (this one was cut off longer than its lease)."""
 
 
-def suggest_for(study: Study):
-    """The study's suggest function with its options."""
-    try:
-        from ..search.algorithms import make_suggest
-    except ImportError:  # the search package without its algorithm registry: hyperopt's three
-        algo = study.algo
-        if algo not in _BASE_ALGOS:
-            raise ConfigError(f"unknown algorithm {algo!r}; choose from: {', '.join(_BASE_ALGOS)}") from None
-        opts = {k: v for k, v in study.search.items() if k != "algo"}
-        if algo == "tpe" and opts.get("startup_trials") is not None:
-            import functools
+def suggest_for(study: Study, space=None):
+    """The study's suggest function with its options (``study.search``), checked against its space."""
+    from ..search.algorithms import from_search
 
-            return functools.partial(tpe.suggest, n_startup_jobs=int(opts["startup_trials"]))
-        return _BASE_ALGOS[algo]
-    return make_suggest(study.algo, {k: v for k, v in study.search.items() if k != "algo"})
+    return from_search(study.search, space=space)
 
 
 def resolve_space(study: Study):
@@ -288,8 +277,7 @@ class Coordinator:
                 study.space = resolve_keras_space(study.objective)
             else:
                 study.space = dict(DEFAULT_SYNTHETIC_SPACE)
-        resolve_space(study)  # a bad space fails here, before anything is written
-        suggest_for(study)  # and bad search options
+        suggest_for(study, resolve_space(study))  # a bad space or bad search options fail here, before any write
         max_epochs = (study.objective.get("training") or {}).get("epochs")
         study.pruner = validate_pruner(study.pruner, max_epochs)
         return self.retry.call(lambda: self.studies.create(study, exist_ok=exist_ok), "create study")
@@ -364,7 +352,7 @@ class Coordinator:
         """
         study = self.studies.get(name)
         space = resolve_space(study)
-        suggest = fill_batch(suggest_for(study))
+        suggest = fill_batch(suggest_for(study, space))
         token = self.acquire(name, wait=wait, stop=stop, on_wait=on_wait)
         study = self.studies.get(name)  # re-read: a `resume --max-evals` may have raised the budget
         keeper = _LeaseKeeper(self.studies, name, token, COORDINATOR_LEASE_S / 6)
