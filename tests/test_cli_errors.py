@@ -69,3 +69,20 @@ def test_startup_trials_only_for_tpe(mongo_url):
                     ">= 1")
     _one_line_error(run_cli("launch", "baseline", "--algo", "rand", "--startup-trials", "5", "--mongo", mongo_url),
                     "--startup-trials", "--algo rand")
+
+
+def test_usage_errors_are_one_line():
+    _one_line_error(run_cli("launch", "baseline", "--no-such-option", "3"), "No such option", "mongotune launch --help")
+    _one_line_error(run_cli("launch", "baseline", "--max-evals", "many"), "--max-evals")
+    _one_line_error(run_cli("status"), "Missing argument")
+    _one_line_error(run_cli("no-such-command"), "No such command")
+
+
+def test_bad_search_and_pruning_options(mongo_url):
+    _one_line_error(run_cli("launch", "baseline", "--algo", "bayes", "--mongo", mongo_url), "unknown algorithm",
+                    "'bayes'")
+    _one_line_error(run_cli("launch", "baseline", "--pruner", "sometimes", "--mongo", mongo_url), "unknown pruner")
+    _one_line_error(run_cli("launch", "baseline", "--pruner", "asha", "--reduction-factor", "1", "--mongo", mongo_url),
+                    "--reduction-factor", ">= 2")
+    _one_line_error(run_cli("launch", "baseline", "--algo", "grid", "--mongo", mongo_url), "grid", "--grid-points")
+    _one_line_error(run_cli("launch", "baseline", "--algo", "tpe", "--kappa", "2", "--mongo", mongo_url), "--kappa")

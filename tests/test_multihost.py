@@ -44,8 +44,12 @@ def test_coordinator_and_workers_with_their_own_homes_roots_and_caches(mongo_url
         root = roots[d["worker"]["pid"]]
         assert root in path.parents, (path, root)  # the worker's own root, not the launcher's nor the shared one
         assert path.name == "attempt-1" and path.parent.name == f"trial-{d['tid']:05d}"
-        assert (path / "model.keras").stat().st_size > 0 and (path / "params.json").exists()
+        assert (path / "params.json").exists() and (path / "history.json").exists()
     assert {d["worker"]["pid"] for d in docs} == set(roots)  # both hosts trained
+    # --keep-models 3 (the default): only the best three trials keep their saved model
+    kept = [d["result"]["loss"] for d in docs if (Path(d["artifacts"]["path"]) / "model.keras").exists()]
+    gone = [d["result"]["loss"] for d in docs if not (Path(d["artifacts"]["path"]) / "model.keras").exists()]
+    assert len(kept) == 3 and max(kept) <= min(gone)
     assert not (launcher / "home" / "artifacts").exists() and not (launcher / "data-cache").exists()
     assert not shared.exists()
     for name in ("gpu-box-1", "gpu-box-2"):  # each host prepared its own dataset cache

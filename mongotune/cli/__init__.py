@@ -27,12 +27,37 @@ from .slurm import slurm_app  # noqa: E402
 app.add_typer(slurm_app, name="slurm", help="The worker pool as a Slurm job array: submit, status, cancel.")
 
 
+def _kinds(exc: BaseException) -> set[str]:
+    """Class names of ``exc`` and its bases (Typer ships its own copy of click's exception classes)."""
+    return {c.__name__ for c in type(exc).__mro__}
+
+
 def main():
     try:
-        app()
+        code = app(standalone_mode=False)
     except UserError as exc:  # raised outside a command's own handler
         err.print(f"error: {exc}", highlight=False)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - click's usage errors become one line; anything else propagates
+        kinds = _kinds(exc)
+        if "NoArgsIsHelpError" in kinds:
+            exc.show()
+            sys.exit(getattr(exc, "exit_code", 2))
+        if "UsageError" in kinds:  # an unknown option, a missing argument, a bad value
+            ctx, names = getattr(exc, "ctx", None), []
+            while ctx is not None and ctx.parent is not None:  # the sub-command names, without the program's
+                names.insert(0, ctx.info_name)
+                ctx = ctx.parent
+            hint = f" (see `mongotune {' '.join(['', *names]).strip()} --help`)".replace("  ", " ")
+            err.print(f"error: {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        if "Abort" in kinds:
+            err.print("aborted", highlight=False)
+            sys.exit(130)
+        if "Exit" in kinds:
+            sys.exit(getattr(exc, "exit_code", 0))
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -8,41 +8,13 @@ from typing import Optional
 
 import typer
 from rich.live import Live
-from rich.table import Table
 
 from ..errors import ConfigError
 from ._common import MongoOpt, _mongo, _setup_logging, _user_errors, app, err, out
+from .progress import progress_line, progress_table
 
 SEARCH_HELP = ("Search algorithm: tpe (parallel-aware), rand, anneal, grid (every combination; the study ends "
                "when it is exhausted) or gp (Gaussian-process Bayesian optimisation).")
-
-
-def progress_table(snap) -> Table:
-    c = snap.counts
-    t = Table(title=f"study {snap.name}", show_header=True, header_style="bold")
-    for col in ("done", "ok", "pruned", "failed", "running", "queued", "workers", "best", "elapsed"):
-        t.add_column(col)
-    t.add_row(f"{snap.finished}/{snap.max_evals}", str(c.get("ok", 0)), str(c.get("pruned", 0)),
-              str(c.get("failed", 0) + c.get("error", 0)), str(c.get("running", 0)), str(c.get("queued", 0)),
-              str(snap.live_workers), best_text(snap), f"{snap.elapsed_s:.0f}s")
-    return t
-
-
-def best_text(snap) -> str:
-    if snap.best_tid is None:
-        return "-"
-    name = snap.metric.get("name", "metric")
-    if snap.best_metric is not None and name != "loss":
-        return f"{name} {snap.best_metric:.4g} (trial {snap.best_tid})"
-    return f"loss {snap.best_loss:.5g} (trial {snap.best_tid})"
-
-
-def progress_line(snap) -> str:
-    c = snap.counts
-    failed = c.get("failed", 0) + c.get("error", 0)
-    return (f"[{snap.elapsed_s:6.0f}s] {snap.finished}/{snap.max_evals} done ({c.get('pruned', 0)} pruned, "
-            f"{failed} failed), {c.get('running', 0)} running, {c.get('queued', 0)} queued, "
-            f"{snap.live_workers} workers, best {best_text(snap)}")
 
 
 def drive(url: str, name: str, workers: int, quiet: bool = False, *, wait: bool = False,
@@ -243,13 +215,15 @@ def launch(
             core = dict(search=search, pruner=prune, lease_s=lease, max_attempts=max_attempts,
                         queue_spare=queue_spare, seed=seed, artifacts_root=artifacts)
             name = study or f"{model}-{dataset}"
-            Study(name=name, max_evals=max_evals, objective=obj, **core).validate()
+            st = keras_study(name, max_evals, obj, space=space_json, **core)
+            from ..pool.coordinator import resolve_space, suggest_for
+
+            suggest_for(st, resolve_space(st))  # the search can work this space (grid: finite), before downloads
             from .data import _progress
 
             with _progress() as progress:  # the data and the weights are here, or one error line
                 check_launch_inputs(settings, progress=progress)
             notices = list(settings.notices)
-            st = keras_study(name, max_evals, obj, space=space_json, **core)
             roots = [os.path.dirname(os.path.abspath(os.path.expanduser(p)))
                      for p in (source, settings.weights if settings.weights not in (None, "imagenet") else None)
                      if p]

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ._common import JsonOpt, MongoOpt, _mongo, _setup_logging, _user_errors, app, err, fmt, out, print_json
-from .launch import best_text, progress_table
+from .progress import best_text, progress_table
 
 
 def _describe(st) -> str:
@@ -27,14 +27,18 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
            as_json: bool = JsonOpt):
     """Counts by outcome, the best trial, running trials with worker, heartbeat and progress."""
     with _user_errors(), _mongo(mongo) as url:
-        from ..pool.coordinator import Coordinator
+        from ..store import open_client
+        from ..store.progress import snapshot
+        from ..store.studies import StudyStore
+        from ..store.trialdoc import TrialStore
+        from ..store.workers import WorkerRegistry
 
-        coord = Coordinator(url)
+        client, db, parsed = open_client(url)
         try:
-            st = coord.studies.get(name)
-            snap = coord.snapshot(name)
+            st = StudyStore(db).get(name)
+            snap = snapshot(TrialStore(db, db[parsed.collection]), WorkerRegistry(db), st)
         finally:
-            coord.close()
+            client.close()
     if as_json:
         print_json({**snap.as_dict(), "status": st.status, "objective": st.kind, "algo": st.algo,
                     "pruner": st.pruner})
@@ -124,13 +128,19 @@ def requeue(name: str = typer.Argument(..., help="Study name."),
             mongo: Optional[str] = MongoOpt):
     """Put a study's running trials (or one trial) back in the queue."""
     with _user_errors(), _mongo(mongo) as url:
-        from ..pool.coordinator import Coordinator
+        from ..errors import ConfigError
+        from ..store import open_client
+        from ..store.studies import StudyStore
+        from ..store.trialdoc import TrialStore
 
-        coord = Coordinator(url)
+        client, db, parsed = open_client(url)
         try:
-            tids = coord.requeue(name, tid)
+            st = StudyStore(db).get(name)
+            tids = TrialStore(db, db[parsed.collection]).requeue(st.exp_key, tid, "operator")
         finally:
-            coord.close()
+            client.close()
+        if tid is not None and not tids:
+            raise ConfigError(f"study {name!r} has no running or errored trial {tid}")
     out.print(f"requeued {len(tids)} trial(s): {tids}" if tids else "nothing to requeue")
 
 

@@ -30,7 +30,6 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Callable
 
 import gridfs
@@ -45,7 +44,8 @@ from ..search.batch import fill_batch
 from ..store import MongoJobs, MongoTrials, RetryPolicy, open_client
 from ..store._connection import FOREVER
 from ..store.studies import COORDINATOR_LEASE_S, Study, StudyBusy, StudyStore, holder_info, spare_for
-from ..store.trialdoc import TrialStore, server_now
+from ..store.progress import Snapshot, snapshot
+from ..store.trialdoc import TrialStore
 from ..store.workers import WorkerRegistry
 
 log = logging.getLogger("mongotune.coordinator")
@@ -80,53 +80,6 @@ def resolve_space(study: Study):
 
 def _never_called(params):  # the workers evaluate trials, not the coordinator
     raise RuntimeError("mongotune's coordinator does not evaluate trials itself")
-
-
-@dataclass
-class Snapshot:
-    """A study's progress at one moment (what ``status`` and ``launch`` show)."""
-
-    name: str
-    max_evals: int
-    counts: dict = field(default_factory=dict)  # queued, running, ok, failed, pruned, error
-    best_loss: float | None = None
-    best_params: dict | None = None
-    best_tid: int | None = None
-    best_metric: float | None = None  # the study metric's value in the best trial's result
-    metric: dict = field(default_factory=dict)
-    running: list = field(default_factory=list)  # [{tid, attempt, worker, gpu, heartbeat_age_s, progress}]
-    live_workers: int = 0
-    elapsed_s: float = 0.0
-
-    @property
-    def finished(self) -> int:
-        return sum(self.counts.get(k, 0) for k in ("ok", "failed", "pruned", "error"))
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "max_evals": self.max_evals, "finished": self.finished, "counts": self.counts,
-                "best": None if self.best_tid is None else {
-                    "tid": self.best_tid, "loss": self.best_loss, "params": self.best_params,
-                    "metric": {**self.metric, "value": self.best_metric}},
-                "running": self.running, "live_workers": self.live_workers, "elapsed_s": round(self.elapsed_s, 3)}
-
-
-def snapshot(trials: TrialStore, workers: WorkerRegistry, study: Study, started: float | None = None) -> Snapshot:
-    counts = trials.counts(study.exp_key)
-    best = trials.best(study.exp_key)
-    now = server_now(trials.db)
-    running = []
-    for rec in trials.running(study.exp_key):
-        w = rec.worker
-        running.append({"tid": rec.tid, "attempt": rec.attempts + 1, "worker": w.id if w else None,
-                        "host": w.host if w else None, "gpu": w.gpu if w else None,
-                        "heartbeat_age_s": (now - rec.refresh_time).total_seconds() if rec.refresh_time else None,
-                        "progress": rec.progress or {}, "step": rec.curve[-1].step if rec.curve else None})
-    metric_name = study.metric.get("name")
-    best_metric = best.result.get(metric_name) if best else None
-    return Snapshot(study.name, study.max_evals, counts.as_dict(),
-                    best.loss if best else None, best.params if best else None, best.tid if best else None,
-                    best_metric if isinstance(best_metric, (int, float)) else None, dict(study.metric), running,
-                    len(workers.live(study.exp_key, now)), time.monotonic() - started if started else 0.0)
 
 
 class _StudyTrials(MongoTrials):
