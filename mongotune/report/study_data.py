@@ -263,7 +263,7 @@ def list_study_infos(db) -> list[StudyInfo]:
 
 def load_workers(db, now: datetime.datetime | None = None, *, include_gone_s: float = 300.0) -> list[dict]:
     """Workers seen in the last ``include_gone_s`` seconds, with their state (idle, running, lost, stopped)."""
-    from ..pool.coordinator import WORKER_LIVE_S
+    from ..store.workers import LIVE_S as WORKER_LIVE_S
 
     now = now or server_now(db)
     cutoff = now - datetime.timedelta(seconds=include_gone_s)

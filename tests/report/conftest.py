@@ -63,8 +63,8 @@ def watch_errors(page) -> PageErrors:
 def synthetic_study(name, max_evals, *, space=SPACE, **options):
     from mongotune.store.studies import Study
 
-    return Study(name=name, model="synthetic", dataset={"name": "digits"}, max_evals=max_evals,
-                 objective="synthetic", options=options, space=space, algo="rand")
+    return Study(name=name, max_evals=max_evals, objective={"kind": "synthetic", **options}, space=space,
+                 search={"algo": "rand"})
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,8 @@ def edge_studies(mongo_server, tmp_path_factory):
         for name in ("one", "failed", "mixed"):
             if name == "mixed":  # fail the third trial of this study, whatever its global tid
                 first = db_of(url).job_ids.find_one({}) or {}
-                coord.studies.update("mixed", options={"raise_on_tids": [int(first.get("last_id", 0)) + 2]})
+                coord.studies.update("mixed", objective={"kind": "synthetic",
+                                                         "raise_on_tids": [int(first.get("last_id", 0)) + 2]})
             coord.run(name)
     finally:
         code = stop(worker)

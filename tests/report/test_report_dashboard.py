@@ -169,7 +169,7 @@ def test_dashboard_follows_a_running_study_without_a_reload(mongo_url, browser, 
     errors = watch_errors(page)
     try:
         runner.start()
-        wait_for(lambda: db.jobs.count_documents({"study": "live", "state": 2}) >= 3, 300, what="three finished")
+        wait_for(lambda: db.jobs.count_documents({"exp_key": "mongotune:live", "state": 2}) >= 3, 300, what="three finished")
         page.goto(f"{dash.base}/study/live")
         page.wait_for_function("window.mtState && window.mtState.updates >= 1", timeout=60_000)
         page.evaluate("window.__noReload = 42")
@@ -182,12 +182,12 @@ def test_dashboard_follows_a_running_study_without_a_reload(mongo_url, browser, 
             assert el.locator(selector).count() > 0, key
         page.evaluate("window.scrollTo(0, 0)")
         # a trial that is running now; once it finishes in the database, the page shows it without a reload
-        running = wait_for(lambda: db.jobs.find_one({"study": "live", "state": 1}), 180, what="a running trial")
+        running = wait_for(lambda: db.jobs.find_one({"exp_key": "mongotune:live", "state": 1}), 180, what="a running trial")
         tid = running["tid"]
         row = page.wait_for_function("t => { const e = document.getElementById('running-' + t);"
                                      " return e && e.innerText; }", arg=tid, timeout=30_000).json_value()
         assert "GPU" in row and "s" in row  # worker with its GPU, heartbeat age
-        wait_for(lambda: db.jobs.find_one({"study": "live", "tid": tid, "state": 2}), 180, what=f"trial {tid} done")
+        wait_for(lambda: db.jobs.find_one({"exp_key": "mongotune:live", "tid": tid, "state": 2}), 180, what=f"trial {tid} done")
         page.wait_for_selector(f"#trial-{tid}[data-state=ok], #trial-{tid}[data-state=failed]", timeout=30_000)
         assert page.evaluate("window.__noReload") == 42
         runner.join(300)
