@@ -186,8 +186,8 @@ def launch(
         from ..search.spaces import load_space_file
         from ..store.studies import Study
 
-        search = search_settings(algo, startup_trials, grid_points, acquisition, kappa, constant_liar)
         space_json = load_space_file(space) if space else None
+        search = search_settings(algo, startup_trials, grid_points, acquisition, kappa, constant_liar)
         if mongo:
             from ..store import parse_mongo_url
 
