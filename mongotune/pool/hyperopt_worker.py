@@ -1,0 +1,288 @@
+"""``mongotune hyperopt-worker``: run stock hyperopt jobs under the pool's leases.
+
+Code that calls ``hyperopt.fmin(..., trials=mongotune.store.MongoTrials(url,
+exp_key=...))`` queues jobs whose objective travels inside the database
+(hyperopt cloudpickles it).  This worker runs them, with the options of
+``hyperopt-mongo-worker`` and what mongotune's pool adds: a lease token per
+reservation, a heartbeat on the server's clock, expired leases requeued (or
+failed after ``max_attempts``) by any worker that notices, results written only
+under the lease they were computed for, the worker registry (``mongotune
+workers``), GPU pinning, and SIGTERM handing the running job back to the queue.
+
+Unpickling code from a database runs whatever its writers put there, so the
+worker refuses to start without ``allow_pickle`` (``--allow-pickle``).
+
+It never takes trials of mongotune studies (their exp_keys start with
+``mongotune:``): those are run by ``mongotune worker``.  It should not share an
+exp_key with a stock ``hyperopt-mongo-worker``, which does not heartbeat: its
+jobs would look abandoned after ``lease_s`` and be requeued.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+
+import pymongo.errors
+from hyperopt.base import SONify, spec_from_misc
+from hyperopt.utils import temp_dir, working_dir
+
+from ..errors import ConfigError
+from ..store import MongoJobs, MongoTrials, RetryPolicy, decode
+from ..store._hyperopt_worker import MongoCtrl, ReserveTimeout, Shutdown, _jobs_url, _load_objective
+from ..store.studies import EXP_KEY_PREFIX
+from ..store.trialdoc import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, QUEUED, RUNNING, Lease, TrialStore,
+                              failure_result, new_token)
+from ..store.workers import WorkerRegistry
+
+log = logging.getLogger("mongotune.hyperopt_worker")
+
+PICKLE_REFUSAL = ("hyperopt-worker runs objectives that hyperopt.fmin pickles into the database, and unpickling "
+                  "runs whatever code anyone who can write to that database put there: pass --allow-pickle only "
+                  "if you trust every writer of this database")
+
+
+@dataclass
+class HyperoptWorkerConfig:
+    mongo: str  # mongodb://host:port/db, mongo://host:port/db[/jobs] or hyperopt's host:port/db
+    exp_key: str | None = None  # None: jobs of any exp_key that is not a mongotune study's
+    max_jobs: int | None = None  # None: no limit
+    poll_interval: float = 1.0  # seconds between looks at an empty queue (jittered)
+    reserve_timeout: float | None = 120.0  # leave after this long without a job; None: wait forever
+    workdir: str | None = None  # None: the job's misc.workdir (or the cwd) / job id, as hyperopt does
+    last_job_timeout: float | None = None  # reserve no job after this many seconds
+    max_consecutive_failures: int = 4
+    allow_pickle: bool = False
+    gpu: str | None = None
+    lease_s: float = DEFAULT_LEASE_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    reap_every_s: float = 5.0
+    retry_max_wait_s: float = 300.0
+
+    def validate(self) -> "HyperoptWorkerConfig":
+        if not self.allow_pickle:
+            raise ConfigError(PICKLE_REFUSAL)
+        if self.exp_key is not None and self.exp_key.startswith(EXP_KEY_PREFIX):
+            raise ConfigError(f"exp key {self.exp_key!r} belongs to a mongotune study: its trials are run by "
+                              "`mongotune worker`")
+        for name in ("poll_interval", "lease_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+        for name in ("reserve_timeout", "last_job_timeout"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.max_jobs is not None and self.max_jobs < 1:
+            raise ConfigError("--max-jobs must be >= 1")
+        if self.max_consecutive_failures < 1 or self.max_attempts < 1:
+            raise ConfigError("--max-consecutive-failures and --max-attempts must be >= 1")
+        return self
+
+
+class HyperoptWorker:
+    """One process that runs hyperopt jobs one after another until a limit or a signal ends it."""
+
+    def __init__(self, config: HyperoptWorkerConfig):
+        self.config = config.validate()
+        self.retry = RetryPolicy(max_wait_s=config.retry_max_wait_s)
+        url = _jobs_url(config.mongo)
+        self.mj = self.retry.call(lambda: MongoJobs.new_from_connection_str(url), "connect")
+        self.db = self.mj.db
+        self.trials = TrialStore(self.db, self.mj.jobs)
+        self.registry = WorkerRegistry(self.db)
+        self.host = socket.gethostname()
+        self.id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.jobs_done = 0
+        self.exit_reason: str | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._lease: Lease | None = None
+        self._in_objective = False
+        self._last_reap = 0.0
+
+    # ------------------------------------------------------------ control
+    def request_stop(self) -> None:
+        """From a signal handler: leave after handing the running job back (interrupts the objective)."""
+        self._stop.set()
+        if self._in_objective:
+            raise Shutdown("worker stopping")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------ registry and heartbeat
+    def _info(self) -> dict:
+        return {"id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu, "kind": "hyperopt"}
+
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        interval = max(0.2, min(self.config.lease_s / 4.0, 5.0))
+        while not stop.is_set():
+            with self._lock:
+                lease = self._lease
+            try:
+                if lease is not None and not lease.lost.is_set() and not self.trials.heartbeat(lease):
+                    log.warning("lease on job %s was taken over", lease.tid)
+                    lease.lost.set()
+                current = {"study": lease.exp_key, "tid": lease.tid} if lease else None
+                status = "stopping" if self.stopping else ("running" if lease else "idle")
+                self.registry.beat(self.id, status, current, self.jobs_done)
+            except pymongo.errors.PyMongoError as exc:
+                log.warning("heartbeat failed (%s); will retry", type(exc).__name__)
+            stop.wait(interval)
+
+    # ------------------------------------------------------------ queue
+    def _exp_keys(self, state: int) -> list:
+        if self.config.exp_key is not None:
+            return [self.config.exp_key]
+        keys = self.mj.jobs.distinct("exp_key", {"state": state})
+        return [k for k in keys if not (isinstance(k, str) and k.startswith(EXP_KEY_PREFIX))]
+
+    def _maybe_reap(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reap < self.config.reap_every_s:
+            return
+        self._last_reap = now
+        keys = self._exp_keys(RUNNING)
+        self.trials.expire({k: (self.config.lease_s, self.config.max_attempts) for k in keys})
+
+    def _reserve(self) -> Lease | None:
+        self.retry.call(self._maybe_reap, "requeue expired jobs")
+        keys = self.retry.call(lambda: self._exp_keys(QUEUED), "look at the queue")
+        if not keys:
+            return None
+        token = new_token()
+        try:
+            return self.trials.reserve(self._info(), keys, token=token)
+        except pymongo.errors.PyMongoError:
+            # the reply may have been lost after the reservation was made: look for it by its token
+            return self.retry.call(lambda: self.trials.held_by([token]), "reserve job")
+
+    def _wait_for_job(self, deadline: float | None) -> Lease | None:
+        while not self.stopping:
+            lease = self._reserve()
+            if lease is not None:
+                return lease
+            if deadline is not None and time.monotonic() > deadline:
+                raise ReserveTimeout()
+            self._stop.wait(random.uniform(0.5, 1.0) * self.config.poll_interval)
+        return None
+
+    # ------------------------------------------------------------ loop
+    def run(self) -> str:
+        """Run jobs until a limit or a signal; return why it stopped (``max-jobs``, ``reserve-timeout``,
+        ``last-job-timeout``, ``consecutive-failures``, ``stopped``)."""
+        cfg = self.config
+        self.retry.call(lambda: self.registry.register({"_id": self.id, **self._info(), "exp_key": cfg.exp_key
+                                                        or "(hyperopt)", "study": None}), "register worker")
+        hb_stop = threading.Event()
+        hb = threading.Thread(target=self._heartbeat_loop, args=(hb_stop,), name="hyperopt-heartbeat", daemon=True)
+        hb.start()
+        started = time.monotonic()
+        failures = 0
+        reason = "stopped"
+        try:
+            while not self.stopping:
+                if cfg.max_jobs is not None and self.jobs_done >= cfg.max_jobs:
+                    reason = "max-jobs"
+                    break
+                if cfg.last_job_timeout is not None and time.monotonic() - started > cfg.last_job_timeout:
+                    reason = "last-job-timeout"
+                    break
+                if failures >= cfg.max_consecutive_failures:
+                    reason = "consecutive-failures"
+                    break
+                deadline = time.monotonic() + cfg.reserve_timeout if cfg.reserve_timeout else None
+                try:
+                    lease = self._wait_for_job(deadline)
+                except ReserveTimeout:
+                    reason = "reserve-timeout"
+                    break
+                if lease is None:
+                    break
+                ok = self._run_job(lease)
+                failures = 0 if ok else failures + 1
+        finally:
+            hb_stop.set()
+            hb.join(timeout=5)
+            try:
+                self.registry.stopped(self.id, reason)
+            except pymongo.errors.PyMongoError:
+                pass
+        self.exit_reason = reason
+        log.info("hyperopt-worker %s leaving: %s after %d job(s)", self.id, reason, self.jobs_done)
+        return reason
+
+    def _workdir(self, doc: dict) -> str:
+        if self.config.workdir is None:
+            root = (doc.get("misc") or {}).get("workdir", os.getcwd()) or ""
+            workdir = os.path.join(root, str(doc["_id"]))
+        else:
+            workdir = self.config.workdir
+        return os.path.abspath(os.path.expanduser(workdir))
+
+    def _run_job(self, lease: Lease) -> bool:
+        """Run one job; True if its objective returned (whatever its status), False if it raised."""
+        with self._lock:
+            self._lease = lease
+        try:
+            doc = decode(self.retry.call(lambda: self.mj.jobs.find_one({"_id": lease.id}), "read job"))
+            log.info("job %s of %s: start (attempt %d)", lease.tid, lease.exp_key, lease.attempt)
+            ctrl = MongoCtrl(trials=MongoTrials(self.mj, exp_key=doc.get("exp_key"), refresh=False),
+                             read_only=False, current_trial=doc)
+            t0 = time.monotonic()
+            ok = True
+            try:
+                fn = _load_objective(doc["misc"]["cmd"], ctrl, self.config.allow_pickle)
+                spec = spec_from_misc(doc["misc"])
+                with temp_dir(self._workdir(doc), False), working_dir(self._workdir(doc)):
+                    self._in_objective = True
+                    try:
+                        if self.stopping:
+                            raise Shutdown("worker stopping")
+                        result = SONify(fn(spec, ctrl))
+                    finally:
+                        self._in_objective = False
+                if not isinstance(result, dict):
+                    result = {"status": "ok", "loss": result}
+                for name, blob in list(result.pop("attachments", {}).items()):
+                    ctrl.attachments[name] = blob
+            except Shutdown:
+                if self.retry.call(lambda: self.trials.release(lease, "worker shutdown"), "hand the job back"):
+                    log.info("job %s handed back to the queue (worker stopping)", lease.tid)
+                return True
+            except Exception as exc:  # noqa: BLE001 - the job's failure is recorded; the worker goes on
+                ok = False
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                result = failure_result("exception", f"{type(exc).__name__}: {text}"[:500], traceback.format_exc())
+            extra = {"duration_s": round(time.monotonic() - t0, 3)}
+            if self.retry.call(lambda: self.trials.finish(lease, result, extra), "report result"):
+                self.jobs_done += 1
+                log.info("job %s: %s", lease.tid, "ok" if ok else f"failed: {result['failure']['reason']}")
+            else:
+                log.warning("job %s: finished by another worker meanwhile; this result is dropped", lease.tid)
+            return ok
+        finally:
+            with self._lock:
+                self._lease = None
+
+
+def install_signal_handlers(worker: HyperoptWorker) -> None:
+    """First SIGTERM/SIGINT/SIGHUP: hand the running job back and leave; a second one: exit at once."""
+
+    def handler(signum, frame):
+        if worker.stopping:
+            os._exit(128 + signum)
+        log.warning("signal %d: handing the running job back and stopping (again to force)", signum)
+        worker.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)
