@@ -128,3 +128,32 @@ def check_at_launch(ref: str, space: dict | None, input_shape, num_classes: int)
 
     keras.backend.clear_session()
     return summary
+
+
+def model_fn_study(name: str, max_evals: int, ref: str, dataset, training, *, space: dict | None,
+                   progress=None, **core):
+    """A validated Keras ``Study`` of the user's model (not yet written).
+
+    Checks, in order: the reference's form, the space, the study settings,
+    the data (fetched if missing; ``progress`` shows a download), then imports
+    the function and builds one model from a sampled point of the space.
+    """
+    from .._quiet import import_keras_quietly, native_stderr_silenced
+    from ..data import fetch, load
+    from ..search.spaces import build
+    from ..store.studies import Study
+    from .keras_launch import keras_objective
+
+    check_ref(ref)
+    if not space:
+        raise ConfigError(f"--model-fn {ref} needs a search space: give --space FILE")
+    build(space)
+    objective = keras_objective(ref, dataset, training, model_fn=ref)
+    study = Study(name=name, max_evals=max_evals, objective=objective, metric=training.metric, space=space,
+                  **core).validate()
+    fetch(dataset, None, progress)
+    data = load(dataset)
+    import_keras_quietly()
+    with native_stderr_silenced():  # TensorFlow's native chatter, if the user's module loads more of it
+        check_at_launch(ref, space, tuple(data.input_shape), data.num_classes)
+    return study
