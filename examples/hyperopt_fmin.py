@@ -1,6 +1,6 @@
 """Stock hyperopt code on mongotune's pool: ``fmin`` queues, ``mongotune hyperopt-worker`` processes evaluate.
 
-    mongotune server --port 27200 &                      # or any MongoDB
+    mongotune server run --port 27200 --dbpath /tmp/hyperopt-demo &   # or any MongoDB
     for i in 1 2; do
       mongotune hyperopt-worker --mongo mongodb://127.0.0.1:27200/demo --exp-key quad --allow-pickle \\
           --max-jobs 10 &
