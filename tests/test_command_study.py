@@ -162,6 +162,13 @@ def test_sigterm_to_the_worker_leaves_no_child_alive_and_hands_the_trial_back(mo
         wait_for(pids_file.exists, 120, what="the command to start")
         pids = [int(p) for p in pids_file.read_text().split()]
         assert all(alive(p) for p in pids)
+        # status shows the running trial's last output line (it arrives with the next heartbeat)
+        def shown():
+            running = json.loads(run_cli("status", "term", "--json", "--mongo", mongo_url, timeout=120).stdout)
+            return running["running"] and running["running"][0]["progress"].get("last_output", "")
+        assert wait_for(shown, 120, 1.0, what="the last output line in status").startswith("score=")
+        table = run_cli("status", "term", "--mongo", mongo_url, timeout=120).stdout
+        assert "last output:" in table and "score=" in table
         assert stop(worker, signal.SIGTERM) == 0, log_text(log)[-2000:]
         assert not any(alive(p) for p in pids)  # the command and its child are gone
         doc = jobs(mongo_url, "term")[0]

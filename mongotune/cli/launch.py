@@ -112,9 +112,34 @@ def pruner_settings(pruner: str, min_epochs: int | None, reduction_factor: int |
     return validate_pruner(spec, max_epochs)
 
 
+def own_code(model: str | None, command: str | None, model_fn: str | None, augment: bool, **command_options) -> bool:
+    """Check which kind of study the options ask for; True when its trials run the user's code."""
+    if command is not None and model_fn is not None:
+        raise ConfigError("give --command or --model-fn, not both")
+    if model is not None and (command is not None or model_fn is not None):
+        raise ConfigError(f"give a MODEL or {'--command' if command is not None else '--model-fn'}, not both")
+    if model is None and command is None and model_fn is None:
+        raise ConfigError("give a MODEL to tune (see `mongotune recipes`), --command or --model-fn")
+    if command is None:
+        given = [f"--{k.replace('_', '-')}" for k, v in command_options.items() if v]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply to --command studies")
+    if augment and model is None:
+        raise ConfigError("--augment applies to the built-in models")
+    return command is not None or model_fn is not None
+
+
+def check_search(st) -> None:
+    """The study's search can work its space (grid: a finite one), before anything is written."""
+    from ..pool.coordinator import resolve_space, suggest_for
+
+    suggest_for(st, resolve_space(st))
+
+
 @app.command()
 def launch(
-    model: str = typer.Argument(..., help="Model to tune: baseline, convstrix, vggstrix, hyperresnet."),
+    model: Optional[str] = typer.Argument(None, help="Model to tune: baseline, convstrix, vggstrix, hyperresnet "
+                                          "(or --command, or --model-fn)."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: MODEL-DATASET)."),
     dataset: Optional[str] = typer.Option(None, help="digits, fashion_mnist, mnist, cifar10, cifar100, folder, "
                                           "npz (default: the model's recipe, see `mongotune recipes`)."),
@@ -171,6 +196,25 @@ def launch(
                                               "workers (default: a third of the live workers, at least 1)."),
     seed: int = typer.Option(0, help="Seed of the search and of the data split."),
     wait: bool = typer.Option(False, "--wait", help="If another coordinator runs this study, wait for it."),
+    command: Optional[str] = typer.Option(None, "--command", rich_help_panel="Your own code",
+                                          help="Tune a command instead of a model: 'python train.py --lr {lr}' "
+                                          "({name} or :name: placeholders, filled from the --params)."),
+    param: list[str] = typer.Option([], "--param", rich_help_panel="Your own code",
+                                    help="A searched param of --command (repeat): lr:1e-4:1e-1:log, "
+                                    "layers:1:6:int, drop:0:0.5:q=0.05, opt:adam,sgd, epochs:20."),
+    metric: Optional[str] = typer.Option(None, "--metric", rich_help_panel="Your own code",
+                                         help="The metric --command prints (name=value, name: value or JSON lines)."),
+    goal: str = typer.Option("max", "--goal", rich_help_panel="Your own code",
+                             help="Is a higher (max) or lower (min) --metric better."),
+    metric_agg: str = typer.Option("last", "--metric-agg", rich_help_panel="Your own code",
+                                   help="A trial's value from its readings: last, max, min or mean."),
+    timeout: Optional[str] = typer.Option(None, "--timeout", rich_help_panel="Your own code",
+                                          help="Fail a --command trial that runs longer (90s, 15m, 2h)."),
+    workdir: Optional[str] = typer.Option(None, "--workdir", rich_help_panel="Your own code",
+                                          help="Working directory of --command (default: each trial's own)."),
+    model_fn: Optional[str] = typer.Option(None, "--model-fn", rich_help_panel="Your own code",
+                                           help="Your Keras model: package.module:function taking (params, "
+                                           "input_shape, num_classes); needs --space."),
     objective: str = typer.Option("keras", hidden=True),
     options: Optional[str] = typer.Option(None, hidden=True, help="JSON options for the objective."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain progress lines instead of a live table."),
@@ -186,6 +230,8 @@ def launch(
         from ..search.spaces import load_space_file
         from ..store.studies import Study
 
+        user_code = own_code(model, command, model_fn, augment, param=param, metric=metric, timeout=timeout,
+                             workdir=workdir)
         space_json = load_space_file(space) if space else None
         search = search_settings(algo, startup_trials, grid_points, acquisition, kappa, constant_liar)
         if mongo:
@@ -194,7 +240,45 @@ def launch(
             parse_mongo_url(mongo)  # a bad URL fails before anything is downloaded
         roots: list[str] = []
         notices: list[str] = []
-        if objective == "keras":
+        what = None
+        if command is not None:
+            from ..objectives.command import command_study
+
+            if study is None:
+                raise ConfigError("a command study needs a name: give --study NAME")
+            if not metric:
+                raise ConfigError("a command study needs --metric NAME (what the command prints, e.g. val_accuracy)")
+            max_evals = 20 if max_evals is None else max_evals
+            prune = pruner_settings(pruner, min_epochs, reduction_factor, min_trials, None)
+            st = command_study(study, max_evals, command, metric=metric, params=param, space=space_json, goal=goal,
+                               aggregate=metric_agg, timeout=timeout, workdir=workdir, search=search, pruner=prune,
+                               lease_s=lease, max_attempts=max_attempts, queue_spare=queue_spare, seed=seed,
+                               artifacts_root=artifacts)
+            what = "command " + " ".join(st.objective["command"])
+            check_search(st)
+        elif model_fn is not None:
+            from ..objectives.keras_trial import Training
+            from ..objectives.model_fn import model_fn_study
+            from .data import _progress
+
+            given = {"size": size, "channels": channels, "interpolation": interpolation,
+                     "val_fraction": val_fraction, "source": source}
+            ds = DataSpec.from_dict({"name": dataset or "digits", "seed": seed,
+                                     **{k: v for k, v in given.items() if v is not None}})
+            training = Training(epochs=epochs or 50, patience=5 if patience is None else patience,
+                                loss=loss or "neg_val_accuracy", max_train_samples=max_train_samples, seed=seed,
+                                mixed_precision=mixed_precision, xla=xla)
+            max_evals = 20 if max_evals is None else max_evals
+            prune = pruner_settings(pruner, min_epochs, reduction_factor, min_trials, training.epochs)
+            with _progress() as progress:
+                st = model_fn_study(study or f"{model_fn.rpartition(':')[2]}-{ds.name}", max_evals, model_fn, ds,
+                                    training, space=space_json, progress=progress, search=search, pruner=prune,
+                                    lease_s=lease, max_attempts=max_attempts, queue_spare=queue_spare, seed=seed,
+                                    artifacts_root=artifacts)
+            what = f"{model_fn} on {ds.name}"
+            check_search(st)
+            roots = [os.path.dirname(os.path.abspath(os.path.expanduser(source)))] if source else []
+        elif objective == "keras":
             from ..models.recipes import check_launch_inputs, resolve_launch
             from ..objectives.keras_launch import keras_objective, keras_study
             from ..objectives.keras_trial import Training
@@ -247,7 +331,7 @@ def launch(
                 coord.create(st)
             finally:
                 coord.close()
-            out.print(f"study [bold]{st.name}[/] created on {redact(url)}: {model} on {dataset}, "
+            out.print(f"study [bold]{st.name}[/] created on {redact(url)}: {what or f'{model} on {dataset}'}, "
                       f"{max_evals} trials, {algo}" + (f", {pruner} pruning" if prune else ""), highlight=False)
             if algo == "grid":
                 from ..search.grid import grid_size
@@ -256,7 +340,7 @@ def launch(
                 size = grid_size(build(st.space), search.get("grid_points"))
                 if size < max_evals:
                     out.print(f"the grid has {size} points; the study ends when it is exhausted", highlight=False)
-            snap = drive(url, st.name, workers, quiet, wait=wait, allowed_roots=roots)
+            snap = drive(url, st.name, workers, quiet, wait=wait, allowed_roots=roots, allow_user_code=user_code)
         report_done(snap, st.name)
 
 

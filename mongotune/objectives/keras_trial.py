@@ -251,6 +251,8 @@ def loss_from(kind: str, val_accuracy: float, val_loss: float | None) -> float:
 
 def build_for(settings: KerasSettings, params: dict, ds):
     """Build (uncompiled) the study's model for ``params`` on dataset ``ds``."""
+    if settings.model_fn:
+        return _build_user_model(settings.model_fn, params, ds)
     from ..models import get_model
 
     model_def = get_model(settings.model)
@@ -260,6 +262,21 @@ def build_for(settings: KerasSettings, params: dict, ds):
     model = model_def.build(params, tuple(ds.input_shape), ds.num_classes, num_coarse_classes=coarse,
                             weights=settings.training.weights)
     return model_def, model, coarse
+
+
+def _build_user_model(ref: str, params: dict, ds):
+    """The user's ``build_model`` (``--model-fn``): a clear trial failure if it does not import or build here."""
+    import socket
+
+    from ..errors import ConfigError
+    from .model_fn import FunctionModel
+
+    model_def = FunctionModel(ref)
+    try:
+        model = model_def.build(params, tuple(ds.input_shape), ds.num_classes)
+    except ConfigError as exc:
+        raise TrialFailure("model-fn", f"{exc} (on {socket.gethostname()})") from None
+    return model_def, model, None
 
 
 def memory_guard(model, params: dict) -> dict:
