@@ -58,6 +58,14 @@ def test_a_model_fn_study_trains_the_users_model(mongo_url, tmp_path, user_code)
         assert os.path.exists(model_file)
     st = db_of(mongo_url).studies.find_one({"_id": "mine"})
     assert st["objective"]["model_fn"] == "usermodels:build_model"
+    # `final` imports the function named in the database only when told it may
+    refused = run_cli("final", "mine", "--mongo", mongo_url, timeout=300, PYTHONPATH=path)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "--allow-user-code" in lines[0], refused.stderr
+    done = run_cli("final", "mine", "--allow-user-code", "--out", tmp_path / "final", "--mongo", mongo_url,
+                   timeout=600, PYTHONPATH=path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "test accuracy" in done.stdout and (tmp_path / "final").is_dir()
 
 
 def test_a_worker_that_cannot_import_it_fails_the_trial_clearly(mongo_url, tmp_path, user_code):

@@ -148,13 +148,15 @@ def requeue(name: str = typer.Argument(..., help="Study name."),
 def final(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
           trial: Optional[int] = typer.Option(None, help="Trial id (default: the best)."),
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
-                                                 "(default $MONGOTUNE_HOME/artifacts/NAME/final).")):
+                                                 "(default $MONGOTUNE_HOME/artifacts/NAME/final)."),
+          allow_user_code: bool = typer.Option(False, "--allow-user-code", help="Import the study's --model-fn "
+                                               "function (code named by the database).")):
     """Retrain the best configuration on train+val, test once, write reports and the model."""
     _setup_logging()
     with _user_errors(), _mongo(mongo) as url:
         from ..report.final import plan_final
 
-        plan = plan_final(url, name, trial, out_dir)  # a bad name or trial fails here, before TensorFlow loads
+        plan = plan_final(url, name, trial, out_dir, allow_user_code=allow_user_code)  # a bad name or trial fails here, before TensorFlow loads
         from .._quiet import import_keras_quietly
 
         import_keras_quietly()

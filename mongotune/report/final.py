@@ -36,13 +36,18 @@ class FinalPlan:
     out: Path
 
 
-def plan_final(url: str, name: str, tid: int | None = None, out_dir: str | Path | None = None) -> FinalPlan:
+def plan_final(url: str, name: str, tid: int | None = None, out_dir: str | Path | None = None, *,
+               allow_user_code: bool = False) -> FinalPlan:
     client, db, parsed = open_client(url)
     try:
         study = StudyStore(db).get(name)
         if study.kind != "keras":
             raise ConfigError(f"study {name!r} does not train Keras models (objective {study.kind!r}); "
                               "`final` retrains Keras models only")
+        model_fn = study.objective.get("model_fn")
+        if model_fn and not allow_user_code:
+            raise ConfigError(f"study {name!r} trains the model function {model_fn} named in the database; "
+                              "`final` imports it only with --allow-user-code")
         trials = TrialStore(db, db[parsed.collection])
         if tid is not None:
             trial = trials.get(study.exp_key, tid)
