@@ -50,8 +50,11 @@ def once_slow_objective(marker: str):
 
 
 def worker(mongo_url, tmp_path, name, *extra):
+    cwd = tmp_path / "cwd"  # without --workdir, each job gets a directory here
+    cwd.mkdir(exist_ok=True)
     return mongotune("hyperopt-worker", "--mongo", mongo_url, "--exp-key", "e", "--allow-pickle",
-                     "--poll-interval", "0.2", "--reserve-timeout", "120", *extra, log=tmp_path / f"{name}.log")
+                     "--poll-interval", "0.2", "--reserve-timeout", "120", *extra, log=tmp_path / f"{name}.log",
+                     cwd=cwd)
 
 
 def jobs_url(mongo_url):
@@ -140,7 +143,7 @@ def test_a_raising_objective_is_recorded_and_the_worker_goes_on(mongo_url, tmp_p
     def objective(x):
         if x < 0:
             raise ValueError(f"negative x {x}")
-        return x
+        return {"status": "ok", "loss": x, "cwd": os.getcwd()}
 
     proc = worker(mongo_url, tmp_path, "w")
     try:
@@ -152,5 +155,12 @@ def test_a_raising_objective_is_recorded_and_the_worker_goes_on(mongo_url, tmp_p
         assert failed and all(r["failure"]["kind"] == "exception" and "ValueError: negative x" in
                               r["failure"]["reason"] for r in failed)
         assert len(results) == 6 and proc.poll() is None
+        # every job ran in its own directory under the worker's, also after a job raised (not nested in it),
+        # and directories the jobs left empty are gone
+        docs = {str(d["_id"]): d for d in db_of(mongo_url).jobs.find({"exp_key": "e"})}
+        for job_id, d in docs.items():
+            if d["result"]["status"] == "ok":
+                assert os.path.realpath(d["result"]["cwd"]) == os.path.realpath(tmp_path / "cwd" / job_id)
+        assert list((tmp_path / "cwd").iterdir()) == []
     finally:
         stop(proc)

@@ -33,11 +33,10 @@ from dataclasses import dataclass
 
 import pymongo.errors
 from hyperopt.base import SONify, spec_from_misc
-from hyperopt.utils import temp_dir, working_dir
 
 from ..errors import ConfigError
 from ..store import MongoJobs, MongoTrials, RetryPolicy, decode
-from ..store._hyperopt_worker import MongoCtrl, ReserveTimeout, Shutdown, _jobs_url, _load_objective
+from ..store._hyperopt_worker import MongoCtrl, ReserveTimeout, Shutdown, _jobs_url, _load_objective, in_workdir
 from ..store.studies import EXP_KEY_PREFIX
 from ..store.trialdoc import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, QUEUED, RUNNING, Lease, TrialStore,
                               failure_result, new_token)
@@ -243,14 +242,21 @@ class HyperoptWorker:
             try:
                 fn = _load_objective(doc["misc"]["cmd"], ctrl, self.config.allow_pickle)
                 spec = spec_from_misc(doc["misc"])
-                with temp_dir(self._workdir(doc), False), working_dir(self._workdir(doc)):
-                    self._in_objective = True
-                    try:
-                        if self.stopping:
-                            raise Shutdown("worker stopping")
-                        result = SONify(fn(spec, ctrl))
-                    finally:
-                        self._in_objective = False
+                workdir = self._workdir(doc)
+                created = not os.path.exists(workdir)
+                os.makedirs(workdir, exist_ok=True)
+                try:
+                    with in_workdir(workdir):
+                        self._in_objective = True
+                        try:
+                            if self.stopping:
+                                raise Shutdown("worker stopping")
+                            result = SONify(fn(spec, ctrl))
+                        finally:
+                            self._in_objective = False
+                finally:
+                    if created and self.config.workdir is None:
+                        _remove_if_empty(workdir)  # a job directory the job left nothing in
                 if not isinstance(result, dict):
                     result = {"status": "ok", "loss": result}
                 for name, blob in list(result.pop("attachments", {}).items()):
@@ -273,6 +279,13 @@ class HyperoptWorker:
         finally:
             with self._lock:
                 self._lease = None
+
+
+def _remove_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:  # not empty (the job's files stay), or gone
+        pass
 
 
 def install_signal_handlers(worker: HyperoptWorker) -> None:

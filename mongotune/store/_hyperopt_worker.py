@@ -10,6 +10,7 @@ unpickles anything: it rebuilds objectives from plain study documents.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -20,13 +21,29 @@ import time
 import hyperopt.mongoexp as _hx  # imports fine on pymongo 4 (only its database calls are broken)
 import numpy as np
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, Ctrl, SONify, spec_from_misc
-from hyperopt.utils import json_call, temp_dir, working_dir
+from hyperopt.utils import json_call, temp_dir
 
 from ._jobs import MongoJobs
 from ._trials import MongoTrials
 from ._url import as_mongo_str
 
 log = logging.getLogger("mongotune.store")
+
+
+@contextlib.contextmanager
+def in_workdir(path: str):
+    """Run a job in ``path``, and come back even when the job raises.
+
+    hyperopt's ``working_dir`` does not restore the directory after an
+    exception, so the next job's directory would be created inside the
+    failed one's.
+    """
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 #: Job protocols that load code named or pickled by the database: unpickling, or importing and calling a
 #: dotted name (``token_load``, ``bandit_json evaluate``).  Refused unless ``allow_pickle=True``.
@@ -156,7 +173,7 @@ class MongoWorker:
                 root_logger.addHandler(self.log_handler)
             try:
                 worker_fn = _load_objective(job["misc"]["cmd"], ctrl, self.allow_pickle)
-                with temp_dir(workdir, erase_created_workdir), working_dir(workdir):
+                with temp_dir(workdir, erase_created_workdir), in_workdir(workdir):
                     result = SONify(worker_fn(spec, ctrl))
             except BaseException as e:
                 log.info("job exception: %s", e)
