@@ -175,6 +175,7 @@ def test_sigterm_to_the_worker_leaves_no_child_alive_and_hands_the_trial_back(mo
         assert doc["state"] == JOB_STATE_NEW and doc["requeues"][-1]["reason"] == "worker shutdown"
     finally:
         stop(launch)
+        stop(worker)
 
 
 PRUNE_SCRIPT = """

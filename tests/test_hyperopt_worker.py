@@ -106,8 +106,11 @@ def test_sigterm_hands_the_job_back_and_another_worker_finishes_it(mongo_url, tm
     marker = tmp_path / "first-run"
     th = _fmin_in_background(mongo_url, once_slow_objective(str(marker)))
     first = worker(mongo_url, tmp_path, "first")
-    wait_for(marker.exists, 120, what="the first worker to start the job")
-    assert stop(first, signal.SIGTERM) == 0
+    try:
+        wait_for(marker.exists, 120, what="the first worker to start the job")
+        assert stop(first, signal.SIGTERM) == 0
+    finally:
+        stop(first, signal.SIGKILL)
     jobs = db_of(mongo_url).jobs
     doc = jobs.find_one({"exp_key": "e"})
     assert doc["state"] == 0 and doc["requeues"][0]["reason"] == "worker shutdown"  # queued again
@@ -125,9 +128,11 @@ def test_a_killed_workers_job_is_requeued_after_its_lease(mongo_url, tmp_path):
     marker = tmp_path / "first-run"
     th = _fmin_in_background(mongo_url, once_slow_objective(str(marker)))
     first = worker(mongo_url, tmp_path, "first", "--lease", "2")
-    wait_for(marker.exists, 120, what="the first worker to start the job")
-    first.kill()
-    first.wait()
+    try:
+        wait_for(marker.exists, 120, what="the first worker to start the job")
+    finally:
+        first.kill()
+        first.wait()
     second = worker(mongo_url, tmp_path, "second", "--lease", "2")
     try:
         th.join(120)
