@@ -83,3 +83,50 @@ def queue_trials(url: str, study: str, params: list[dict], first_tid: int = 1) -
         tids.append(tid)
     db.client.close()
     return tids
+
+
+def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """A user error: exit code 2 and exactly one stderr line, starting with ``error:``, holding ``needles``."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def fmin_with_thread_worker(mongo_url: str, workdir: Path, fn, space, algo, max_evals: int, *, queue: int = 3,
+                            seed: int = 5, poll_interval: float = 0.1):
+    """Stock ``hyperopt.fmin`` on ``MongoTrials`` with a hyperopt-style ``MongoWorker`` in a thread.
+
+    Returns ``(best, trials, evaluations)``; the worker stops once nothing is queued for 4 s.
+    """
+    import threading
+
+    import numpy as np
+    from hyperopt import fmin
+
+    from mongotune.store import MongoJobs, MongoTrials, MongoWorker, ReserveTimeout
+
+    url = mongo_url.split("?")[0] + "/jobs"
+    done = []
+
+    def work():
+        w = MongoWorker(MongoJobs.new_from_connection_str(url), poll_interval=poll_interval, exp_key="e",
+                        logfilename=None, allow_pickle=True, workdir=str(workdir / "wd"))
+        while True:
+            try:
+                w.run_one(reserve_timeout=4)
+            except ReserveTimeout:
+                return
+            done.append(1)
+
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    trials = MongoTrials(url, exp_key="e")
+    best = fmin(fn, space, algo=algo, max_evals=max_evals, trials=trials, max_queue_len=queue,
+                show_progressbar=False, rstate=np.random.default_rng(seed))
+    th.join(60)
+    assert not th.is_alive(), "the worker thread did not finish"
+    return best, trials, len(done)

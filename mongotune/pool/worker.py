@@ -374,14 +374,23 @@ class Worker:
         reason = "stopped"
         log.info("worker %s joined (study: %s, gpu: %s, artifacts: %s)", self.id, self.config.study or "any",
                  self.config.gpu, self.artifacts_root)
+        failures = 0
         try:
             while not self.stopping:
                 if self.config.max_trials is not None and self.trials_done >= self.config.max_trials:
                     reason = "max-trials"
                     break
-                self._ensure_heartbeat()
-                self.retry.call(self._maybe_reap, "requeue expired trials")
-                lease = self._reserve()
+                try:
+                    self._ensure_heartbeat()
+                    self.retry.call(self._maybe_reap, "requeue expired trials")
+                    lease = self._reserve()
+                except Exception as exc:  # noqa: BLE001 - a server error we cannot retry as is: log, wait, go on
+                    failures += 1
+                    log.error("cannot take a trial (%s: %s); trying again in %ds", type(exc).__name__, exc,
+                              min(60, 2 ** failures))
+                    self._stop.wait(min(60, 2 ** failures))
+                    continue
+                failures = 0
                 if lease is None:
                     if self.config.idle_timeout is not None and time.monotonic() - idle_since > self.config.idle_timeout:
                         reason = "idle-timeout"
@@ -530,6 +539,9 @@ class Worker:
         duration = time.monotonic() - started
         try:
             self._conclude(lease, study, result, duration, pending, started)
+        except Exception as exc:  # noqa: BLE001 - the result stays in the spool; the next start delivers it
+            log.error("trial %s: could not record its end (%s: %s); its result stays in %s", lease.tid,
+                      type(exc).__name__, exc, self.spool)
         finally:
             with self._lock:
                 self._current = None

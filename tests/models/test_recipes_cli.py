@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import db_of, run_cli
+from helpers import db_of, one_line_error, run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "data"))
 from data_fixtures import IDX_NAMES, idx_bytes  # noqa: E402
@@ -23,14 +23,6 @@ from data_fixtures import IDX_NAMES, idx_bytes  # noqa: E402
 pytestmark = pytest.mark.timeout(600)
 
 
-def _one_line_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("error:"), lines[0]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -94,13 +86,13 @@ def test_recipes_lists_every_recipe_with_what_the_seed_reported():
 
 
 def test_unknown_recipe_option_is_one_line():
-    _one_line_error(run_cli("recipes", "vggstrix", "epoch=3"), "unknown recipe option 'epoch'", "epochs")
-    _one_line_error(run_cli("recipes", "vggstrix", "epochs"), "KEY=VALUE")
-    _one_line_error(run_cli("recipes", "resnet", "size=3"), "no recipe for 'resnet'", "vggstrix")
+    one_line_error(run_cli("recipes", "vggstrix", "epoch=3"), "unknown recipe option 'epoch'", "epochs")
+    one_line_error(run_cli("recipes", "vggstrix", "epochs"), "KEY=VALUE")
+    one_line_error(run_cli("recipes", "resnet", "size=3"), "no recipe for 'resnet'", "vggstrix")
 
 
 def test_launch_vggstrix_offline_with_nothing_local_names_source_and_weights(mongo_url, offline):
-    line = _one_line_error(run_cli("launch", "vggstrix", "--mongo", mongo_url, "-q", **offline),
+    line = one_line_error(run_cli("launch", "vggstrix", "--mongo", mongo_url, "-q", **offline),
                            "fashion_mnist: could not download", "--source", "ImageNet VGG19 weights",
                            "--weights PATH")
     assert "Traceback" not in line
@@ -108,12 +100,12 @@ def test_launch_vggstrix_offline_with_nothing_local_names_source_and_weights(mon
 
 
 def test_launch_vggstrix_weights_imagenet_offline_is_one_line(mongo_url, offline, fmnist_files):
-    line = _one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--weights", "imagenet",
+    line = one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--weights", "imagenet",
                                    "--mongo", mongo_url, "-q", **offline),
                            "could not fetch the ImageNet VGG19 weights", "--weights PATH")
     assert "fashion_mnist" not in line  # the local copy was found
     # no --weights at all: the recipe's are ImageNet's, so the same line
-    _one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--mongo", mongo_url, "-q", **offline),
+    one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--mongo", mongo_url, "-q", **offline),
                     "could not fetch the ImageNet VGG19 weights", "--weights PATH")
     assert db_of(mongo_url).studies.count_documents({}) == 0
 
@@ -124,13 +116,13 @@ def test_launch_vggstrix_with_a_weights_file_of_the_wrong_shape_is_one_line(mong
 
     vgg16 = tmp_path / "vgg16-notop.weights.h5"
     keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(str(vgg16))
-    _one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--weights", vgg16,
+    one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--weights", vgg16,
                             "--mongo", mongo_url, "-q", **offline),
                     "does not hold VGG19 no-top weights", str(vgg16))
 
 
 def test_launch_vggstrix_without_weights_is_refused(mongo_url, offline, fmnist_files):
-    _one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--weights", "none",
+    one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--weights", "none",
                             "--mongo", mongo_url, "-q", **offline),
                     "VGG19 base is frozen", "--weights imagenet", "--weights PATH", "convstrix")
     assert db_of(mongo_url).studies.count_documents({}) == 0
@@ -140,7 +132,7 @@ def test_gzipd_files_that_are_not_the_published_ones_are_one_line(mongo_url, off
     for name in IDX_NAMES:  # gzip the fixture: now the published checksums apply, and fail
         plain = fmnist_files / name.removesuffix(".gz")
         (fmnist_files / name).write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
-    _one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--weights", vgg19_file,
+    one_line_error(run_cli("launch", "vggstrix", "--source", fmnist_files, "--weights", vgg19_file,
                             "--mongo", mongo_url, "-q", **offline),
                     "fashion_mnist: checksum mismatch", "train-images-idx3-ubyte.gz")
 

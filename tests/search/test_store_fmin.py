@@ -7,18 +7,15 @@ thread reserves and evaluates them, as in tests/store/test_stock_fmin.py.
 
 from __future__ import annotations
 
-import threading
-
-import numpy as np
 import pytest
-from hyperopt import fmin, hp
+from hyperopt import hp
 from hyperopt.base import JOB_STATE_DONE
 from hyperopt.pyll import scope
 
 from mongotune.search.algorithms import make_suggest
 from mongotune.search.dims import assignment_of, point_key
-from mongotune.store import MongoJobs, MongoTrials, MongoWorker, ReserveTimeout
 
+from helpers import fmin_with_thread_worker
 from search_cases import check_consistent, mixed_loss, mixed_space
 
 pytestmark = pytest.mark.timeout(300)
@@ -29,28 +26,9 @@ def grid_loss(p):
 
 
 def _fmin_with_worker(mongo_url, tmp_path, fn, space, algo, max_evals):
-    url = mongo_url.split("?")[0] + "/jobs"
-    done = []
-
-    def work():
-        w = MongoWorker(MongoJobs.new_from_connection_str(url), poll_interval=0.1, exp_key="e",
-                        logfilename=None, allow_pickle=True, workdir=str(tmp_path / "wd"))
-        while True:
-            try:
-                w.run_one(reserve_timeout=4)
-            except ReserveTimeout:
-                return
-            done.append(1)
-
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
-    trials = MongoTrials(url, exp_key="e")
-    best = fmin(fn, space, algo=algo, max_evals=max_evals, trials=trials, max_queue_len=3,
-                show_progressbar=False, rstate=np.random.default_rng(5))
-    th.join(60)
-    assert not th.is_alive()
+    best, trials, n_run = fmin_with_thread_worker(mongo_url, tmp_path, fn, space, algo, max_evals)
     trials.refresh()
-    return trials, best, len(done)
+    return trials, best, n_run
 
 
 def test_grid_on_the_store_runs_six_distinct_points_and_stops_before_max_evals(mongo_url, tmp_path, monkeypatch):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import threading
 
-import numpy as np
 import pytest
-from hyperopt import anneal, fmin, hp, rand, tpe
+from hyperopt import anneal, hp, rand, tpe
 
-from mongotune.store import MongoJobs, MongoTrials, MongoWorker, ReserveTimeout
+from helpers import fmin_with_thread_worker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,26 +23,9 @@ def objective(x):
                          ids=["tpe", "rand", "anneal"])
 def test_fmin_with_each_algorithm(mongo_url, algo, queue, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    url = mongo_url.split("?")[0] + "/jobs"
-    done = []
-
-    def work():
-        w = MongoWorker(MongoJobs.new_from_connection_str(url), poll_interval=0.2, exp_key="e",
-                        logfilename=None, allow_pickle=True, workdir=str(tmp_path / "wd"))
-        while True:
-            try:
-                w.run_one(reserve_timeout=4)
-            except ReserveTimeout:
-                return
-            done.append(1)
-
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
-    trials = MongoTrials(url, exp_key="e")
-    best = fmin(objective, hp.uniform("x", -1, 1), algo=algo, max_evals=8, trials=trials, max_queue_len=queue,
-                show_progressbar=False, rstate=np.random.default_rng(3))
-    th.join(60)
-    assert not th.is_alive() and len(done) == 8
+    best, trials, n_run = fmin_with_thread_worker(mongo_url, tmp_path, objective, hp.uniform("x", -1, 1), algo, 8,
+                                                  queue=queue, seed=3, poll_interval=0.2)
+    assert n_run == 8
     assert len(trials) == 8 and len({t["tid"] for t in trials.trials}) == 8
     losses = trials.losses()
     finite = [l for l in losses if not math.isnan(l)]
@@ -58,7 +39,7 @@ def test_store_raises_hyperopts_own_exception_classes(mongo_url):
     """Code written for hyperopt.mongoexp catches what mongotune's store raises."""
     import hyperopt.mongoexp as hx
 
-    from mongotune.store import Shutdown, WaitQuit
+    from mongotune.store import MongoJobs, MongoWorker, ReserveTimeout, Shutdown, WaitQuit
 
     assert issubclass(ReserveTimeout, hx.ReserveTimeout)
     assert issubclass(Shutdown, hx.Shutdown) and issubclass(WaitQuit, hx.WaitQuit)
