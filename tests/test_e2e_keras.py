@@ -51,9 +51,14 @@ def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
         assert set(res["per_class"]) == {str(i) for i in range(10)}
         assert res["params_count"] > 0
         assert res["xla"] is True and res["mixed_precision"] is False  # XLA forced on; no GPU here: float32
-        assert d["artifacts"]["host"] and os.path.exists(os.path.join(d["artifacts"]["path"], "model.keras"))
+        assert d["artifacts"]["host"] and os.path.exists(os.path.join(d["artifacts"]["path"], "params.json"))
         assert d["curve"] and [p["step"] for p in d["curve"]] == list(range(1, res["epochs"] + 1))
         assert [p["value"] for p in d["curve"]] == pytest.approx(res["history"]["val_accuracy"])
+    # --keep-models 3 (the default): the three best trials keep their saved model, the others' are gone
+    has_model = {d["tid"]: os.path.exists(os.path.join(d["artifacts"]["path"], "model.keras")) for d in ok}
+    kept = [d["result"]["loss"] for d in ok if has_model[d["tid"]]]
+    gone = [d["result"]["loss"] for d in ok if not has_model[d["tid"]]]
+    assert len(kept) == min(3, len(ok)) and (not gone or max(kept) <= min(gone))
     assert max(d["result"]["val_accuracy"] for d in ok) > 0.5  # real learning, not chance (0.1)
     st = db.studies.find_one({"_id": "e2e"})
     assert st["status"] == "done" and st["best"]["loss"] == min(d["result"]["loss"] for d in ok)
