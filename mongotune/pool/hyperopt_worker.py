@@ -36,7 +36,7 @@ from hyperopt.base import SONify, spec_from_misc
 
 from ..errors import ConfigError
 from ..store import MongoJobs, MongoTrials, RetryPolicy, decode
-from ..store._hyperopt_worker import MongoCtrl, ReserveTimeout, Shutdown, _jobs_url, _load_objective, in_workdir
+from ..store._hyperopt_worker import MongoCtrl, ReserveTimeout, Shutdown, _jobs_url, _load_objective, job_workdir
 from ..store.studies import EXP_KEY_PREFIX
 from ..store.trialdoc import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, QUEUED, RUNNING, Lease, TrialStore,
                               failure_result, new_token)
@@ -246,7 +246,7 @@ class HyperoptWorker:
                 created = not os.path.exists(workdir)
                 os.makedirs(workdir, exist_ok=True)
                 try:
-                    with in_workdir(workdir):
+                    with job_workdir(workdir):
                         self._in_objective = True
                         try:
                             if self.stopping:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 
 import hyperopt.mongoexp as _hx  # imports fine on pymongo 4 (only its database calls are broken)
 import numpy as np
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, Ctrl, SONify, spec_from_misc
-from hyperopt.utils import json_call, temp_dir
+from hyperopt.utils import json_call
 
 from ._jobs import MongoJobs
 from ._trials import MongoTrials
@@ -30,20 +32,40 @@ from ._url import as_mongo_str
 log = logging.getLogger("mongotune.store")
 
 
-@contextlib.contextmanager
-def in_workdir(path: str):
-    """Run a job in ``path``, and come back even when the job raises.
+_WORKDIRS: dict[str, list] = {}  # path -> [jobs inside it, created by us, where the first came from]
+_WORKDIRS_LOCK = threading.Lock()
 
-    hyperopt's ``working_dir`` does not restore the directory after an
-    exception, so the next job's directory would be created inside the
-    failed one's.
+
+@contextlib.contextmanager
+def job_workdir(path: str, erase_created: bool = False):
+    """Run a job inside ``path`` (created if missing), and come back even when the job raises.
+
+    The working directory belongs to the whole process, so worker threads of
+    one process that share a directory share it here: it is entered once,
+    left when its last job ends, and erased then (``erase_created``) only if
+    this process created it.  (hyperopt's ``temp_dir``/``working_dir`` erased
+    it under a sibling thread still inside it, and did not come back after a
+    job raised.)
     """
-    before = os.getcwd()
-    os.chdir(path)
+    with _WORKDIRS_LOCK:
+        entry = _WORKDIRS.get(path)
+        if entry is None:
+            created = not os.path.isdir(path)
+            os.makedirs(path, exist_ok=True)
+            entry = _WORKDIRS[path] = [0, created, os.getcwd()]
+        entry[0] += 1
+        os.chdir(path)
     try:
         yield
     finally:
-        os.chdir(before)
+        with _WORKDIRS_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _WORKDIRS[path]
+                os.chdir(entry[2])
+                if erase_created and entry[1]:
+                    shutil.rmtree(path, ignore_errors=True)
+
 
 #: Job protocols that load code named or pickled by the database: unpickling, or importing and calling a
 #: dotted name (``token_load``, ``bandit_json evaluate``).  Refused unless ``allow_pickle=True``.
@@ -139,6 +161,7 @@ class MongoWorker:
         self.exp_key = exp_key
         self.logfilename = logfilename
         self.allow_pickle = allow_pickle
+        self._start_dir = os.getcwd()
 
     def make_log_handler(self):
         self.log_handler = logging.FileHandler(self.logfilename)
@@ -161,11 +184,12 @@ class MongoWorker:
         ctrl = MongoCtrl(trials=MongoTrials(self.mj, exp_key=job["exp_key"], refresh=False),
                          read_only=False, current_trial=job)
         if self.workdir is None:
-            workdir = job["misc"].get("workdir", os.getcwd()) or ""
+            workdir = job["misc"].get("workdir", self._start_dir) or ""
             workdir = os.path.join(workdir, str(job["_id"]))
         else:
             workdir = self.workdir
-        workdir = os.path.abspath(os.path.expanduser(workdir))
+        # relative to where the worker started, not to whatever another job thread entered since
+        workdir = os.path.normpath(os.path.join(self._start_dir, os.path.expanduser(workdir)))
         root_logger = logging.getLogger()
         try:
             if self.logfilename:
@@ -173,7 +197,7 @@ class MongoWorker:
                 root_logger.addHandler(self.log_handler)
             try:
                 worker_fn = _load_objective(job["misc"]["cmd"], ctrl, self.allow_pickle)
-                with temp_dir(workdir, erase_created_workdir), in_workdir(workdir):
+                with job_workdir(workdir, erase_created_workdir):
                     result = SONify(worker_fn(spec, ctrl))
             except BaseException as e:
                 log.info("job exception: %s", e)
