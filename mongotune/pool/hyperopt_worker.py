@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 import socket
 import threading
 import time
@@ -290,12 +289,6 @@ def _remove_if_empty(path: str) -> None:
 
 def install_signal_handlers(worker: HyperoptWorker) -> None:
     """First SIGTERM/SIGINT/SIGHUP: hand the running job back and leave; a second one: exit at once."""
+    from .worker import install_signal_handlers as install
 
-    def handler(signum, frame):
-        if worker.stopping:
-            os._exit(128 + signum)
-        log.warning("signal %d: handing the running job back and stopping (again to force)", signum)
-        worker.request_stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, handler)
+    install(worker, "job", ("SIGTERM", "SIGINT", "SIGHUP"))

@@ -602,15 +602,16 @@ def _env_roots() -> list[str]:
     return [r for r in raw.split(os.pathsep) if r]
 
 
-def install_signal_handlers(worker: Worker) -> None:
-    """First SIGTERM/SIGINT: hand the trial back and leave cleanly; second: exit now."""
+def install_signal_handlers(worker, what: str = "trial", signals: tuple[str, ...] = ("SIGTERM", "SIGINT")) -> None:
+    """First signal: hand the running ``what`` back and leave cleanly (``worker.request_stop()``);
+    a second one: exit at once.  Shared by mongotune's workers and the hyperopt-style worker."""
     import signal
 
     def handler(signum, frame):
         if worker.stopping:
             os._exit(128 + signum)
-        log.warning("signal %d: handing the current trial back and stopping (again to force)", signum)
+        log.warning("signal %d: handing the running %s back and stopping (again to force)", signum, what)
         worker.request_stop()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for name in signals:
+        signal.signal(getattr(signal, name), handler)
