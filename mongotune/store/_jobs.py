@@ -197,17 +197,25 @@ class MongoJobs:
         change = {"$set": update, "$inc": {"version": 1}}
         after = pymongo.ReturnDocument.AFTER
         try:
-            # Look, then take: the oldest few queued tids by a plain sorted find, then an atomic
-            # find_one_and_update on one of them (still conditional on NEW and unowned, so two
-            # workers never take the same job).  Same result as one sorted find_one_and_update,
-            # which the embedded server answers by decoding every document in the collection.
+            # Look, then take.  Look: the queued jobs, found by their state alone (there are
+            # few), the rest of ``cond`` checked here when it is equalities or $exists, oldest
+            # tid first.  Take: an atomic find_one_and_update of one of them by _id, still
+            # conditional on NEW (a NEW job is always unowned: every write that makes a job NEW
+            # clears its owner), so two workers never take the same job.  The same result as
+            # one sorted find_one_and_update on ``cond``; on the embedded server, a sorted
+            # filter decodes every document and each field in a filter costs full-collection
+            # scans, so the filters here are as small as the atomicity allows.
+            local, remote = _split_cond({k: v for k, v in cond.items() if k not in ("owner", "state")})
             for _ in range(3):
-                queued = list(self.jobs.find(cond, projection=["tid"]).sort("tid", pymongo.ASCENDING).limit(4))
-                if not queued:
+                rows = [d for d in self.jobs.find({"state": JOB_STATE_NEW, **remote},
+                                                  projection=["tid", "owner", *local])
+                        if d.get("owner") is None and _matches(d, local)]
+                if not rows:
                     return None
-                for q in queued:
-                    key = {"tid": q["tid"]} if q.get("tid") is not None else {"_id": q["_id"]}
-                    doc = self.jobs.find_one_and_update({**cond, **key}, change, return_document=after)
+                rows.sort(key=lambda d: (d.get("tid") is not None, d.get("tid") or 0))
+                for q in rows[:4]:
+                    doc = self.jobs.find_one_and_update({"_id": q["_id"], "state": JOB_STATE_NEW}, change,
+                                                        return_document=after)
                     if doc is not None:
                         return decode(doc)
             # still losing races after 12 tries: take whatever is oldest in one step
@@ -285,6 +293,32 @@ class MongoJobs:
             raise OperationFailure("Attachment not found: %s" % name)
         self.update(doc, {"_attachments": attachments}, collection=collection)
         self.gfs.delete(file_id)
+
+
+def _split_cond(cond: dict) -> tuple[dict, dict]:
+    """``cond`` as (what ``_matches`` checks: top-level equalities to a scalar, and $exists;
+    the rest, for the server)."""
+    local, remote = {}, {}
+    for key, want in cond.items():
+        scalar = want is None or isinstance(want, (str, int, float))
+        exists = isinstance(want, dict) and set(want) == {"$exists"}
+        plain_key = "." not in key and not key.startswith("$")
+        (local if plain_key and (scalar or exists) else remote)[key] = want
+    return local, remote
+
+
+def _matches(doc: dict, local: dict) -> bool:
+    """MongoDB's answer to ``local`` (from ``_split_cond``) for ``doc``."""
+    for key, want in local.items():
+        if isinstance(want, dict):
+            if (key in doc) != bool(want["$exists"]):
+                return False
+            continue
+        have = doc.get(key)
+        values = have if isinstance(have, list) else [have]  # a scalar equals an array that holds it
+        if not any(v == want and isinstance(v, bool) == isinstance(want, bool) for v in values):
+            return False
+    return True
 
 
 def _default_retry():
