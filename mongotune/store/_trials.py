@@ -97,9 +97,10 @@ class MongoTrials(Trials):
         """Fetch the documents ``stale`` names (``_id`` -> ``tid``) that still match ``query``;
         those that no longer match leave the local view.
 
-        They are asked for by ``tid`` and matched back by ``_id``: the embedded server
-        answers ``{"_id": {"$in": ...}}`` plus other conditions by decoding every document,
-        but a ``tid`` list from its indexes.
+        They are asked for by a list of ``tid`` alone (or of ``_id`` for documents without
+        one) and ``query`` (``_query()``'s study and states) is checked here: a filter on one
+        field is one the embedded server answers from its index, where each further field
+        makes it parse every stored document (plus three type probes per field).
         """
         ids = list(stale)
         for start in range(0, len(ids), self._FETCH_CHUNK):
@@ -107,15 +108,26 @@ class MongoTrials(Trials):
             found = set()
             tids = list({stale[i] for i in chunk if stale[i] is not None})
             no_tid = [i for i in chunk if stale[i] is None]  # not hyperopt's documents: by _id
-            queries = ([{**query, "tid": {"$in": tids}}] if tids else []) + (
-                [{**query, "_id": {"$in": no_tid}}] if no_tid else [])
+            queries = ([{"tid": {"$in": tids}}] if tids else []) + ([{"_id": {"$in": no_tid}}] if no_tid else [])
             for q in queries:
                 for doc in self.handle.jobs.find(q):
-                    if doc["_id"] in chunk:
+                    if doc["_id"] in chunk and self._matches(doc, query):
                         self._by_id[doc["_id"]] = decode(doc)
                         found.add(doc["_id"])
             for i in chunk - found:  # deleted, or moved to the error state (which refresh leaves out)
                 self._by_id.pop(i, None)
+
+    @staticmethod
+    def _matches(doc: dict, query: dict) -> bool:
+        """``doc`` against a filter of ``_query()``'s shape (equalities and ``$in`` lists)."""
+        for key, want in query.items():
+            have = doc.get(key)
+            if isinstance(want, dict) and "$in" in want:
+                if have not in want["$in"]:
+                    return False
+            elif have != want:
+                return False
+        return True
 
     def _publish(self) -> None:
         """Expose the local documents, in insertion order, as hyperopt's Trials lists."""
