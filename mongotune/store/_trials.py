@@ -92,17 +92,28 @@ class MongoTrials(Trials):
         self._publish()
 
     _FETCH_CHUNK = 200  # ids per $in (the embedded server rejects ~500 and more)
+    _FETCH_ONE_BY_ONE = 8  # up to this many stale documents are read one find_one({_id}) each
 
     def _download(self, stale: dict, query) -> None:
         """Fetch the documents ``stale`` names (``_id`` -> ``tid``) that still match ``query``;
         those that no longer match leave the local view.
 
-        They are asked for by a list of ``tid`` alone (or of ``_id`` for documents without
-        one) and ``query`` (``_query()``'s study and states) is checked here: a filter on one
-        field is one the embedded server answers from its index, where each further field
-        makes it parse every stored document (plus three type probes per field).
+        A few (the usual case: the trials that changed since the last poll) are read one
+        ``find_one({"_id": ...})`` each, more by lists of ``tid`` (or ``_id`` for documents
+        without one) alone; ``query`` (``_query()``'s study and states) is checked here.  The
+        embedded server reads a single document by ``_id`` from its primary key, while it
+        answers any other filter by parsing every stored document, after three
+        full-collection type probes per filter field.
         """
         ids = list(stale)
+        if len(ids) <= self._FETCH_ONE_BY_ONE:
+            for i in ids:
+                doc = self.handle.jobs.find_one({"_id": i})
+                if doc is not None and self._matches(doc, query):
+                    self._by_id[i] = decode(doc)
+                else:  # deleted, or moved to the error state (which refresh leaves out)
+                    self._by_id.pop(i, None)
+            return
         for start in range(0, len(ids), self._FETCH_CHUNK):
             chunk = set(ids[start:start + self._FETCH_CHUNK])
             found = set()
