@@ -312,27 +312,33 @@ class TrialStore:
     def reserve(self, worker: dict, exp_keys: Iterable[str], token: str | None = None) -> Lease | None:
         """Take the oldest queued trial of ``exp_keys`` for ``worker`` under lease ``token``.
 
-        Look, then take: a sorted read of a few queued tids, then an atomic
-        update of one of them that is still conditional on it being queued and
-        unowned, so two workers never take the same trial.  The caller gives a
-        fresh token per attempt (see ``reserve_retrying``).
+        Look, then take: a read of the queued trials, then an atomic update of
+        one of them (oldest tid first) that is still conditional on it being
+        queued, so two workers never take the same trial.  The caller gives a
+        fresh token per attempt (see ``Worker._reserve``).  Both filters are as
+        small as that allows: the embedded server probes the whole collection
+        for each field of a filter, and answers a sort by decoding every trial.
         """
         keys = list(exp_keys)
         if not keys:
             return None
         token = token or new_token()
-        cond = {"state": QUEUED, "exp_key": keys[0] if len(keys) == 1 else {"$in": keys}, "owner": None}
         change = {"$set": {"owner": worker["id"], "state": RUNNING, "lease_token": token,
                            "worker": encode(worker)},
                   "$currentDate": {"book_time": True, "refresh_time": True}, "$inc": {"version": 1}}
         for _ in range(3):
-            queued = list(self.jobs.find(cond, projection=["tid", "exp_key"]).sort("tid", 1).limit(4))
+            # the queued trials of every study (few), by state alone; study and owner checked here
+            queued = sorted((d for d in self.jobs.find({"state": QUEUED}, projection=["tid", "exp_key", "owner"])
+                             if d.get("exp_key") in keys and d.get("owner") is None),
+                            key=lambda d: (d.get("tid") is not None, d.get("tid") or 0))
             if not queued:
                 return None
-            for q in queued:
+            for q in queued[:4]:
+                # still queued (a queued trial is always unowned: every write that queues one clears
+                # its owner), so two workers never take the same trial
                 doc = self.jobs.find_one_and_update(
-                    {**cond, "exp_key": q["exp_key"], "tid": q["tid"]}, change,
-                    projection=["tid", "exp_key", "attempts", "params"],
+                    {"_id": q["_id"], "state": QUEUED}, change,
+                    projection=["tid", "exp_key", "attempts", "params", "book_time"],
                     return_document=pymongo.ReturnDocument.AFTER)
                 if doc is not None:
                     return self._lease(doc, token)
