@@ -230,6 +230,7 @@ class Lease:
     attempt: int
     params: dict = field(default_factory=dict)
     lost: threading.Event = field(default_factory=threading.Event, repr=False)
+    booked: datetime.datetime | None = None  # the server's time of the reservation
 
     @property
     def filter(self) -> dict:
@@ -350,13 +351,14 @@ class TrialStore:
         if not tokens:
             return None
         doc = self.jobs.find_one({"state": RUNNING, "lease_token": {"$in": tokens}},
-                                 projection=["tid", "exp_key", "attempts", "params", "lease_token"])
+                                 projection=["tid", "exp_key", "attempts", "params", "lease_token", "book_time"])
         return self._lease(doc, doc["lease_token"]) if doc else None
 
     @staticmethod
     def _lease(doc: dict, token: str) -> Lease:
+        booked = doc.get("book_time")
         return Lease(doc["_id"], doc["tid"], doc["exp_key"], token, int(doc.get("attempts") or 0) + 1,
-                     decode(doc.get("params") or {}))
+                     decode(doc.get("params") or {}), booked=booked if isinstance(booked, datetime.datetime) else None)
 
     # ------------------------------------------------------------ while running
     def heartbeat(self, lease: Lease, progress: dict | None = None) -> bool:
@@ -371,19 +373,27 @@ class TrialStore:
 
         False: the lease is no longer held, or the step was already recorded
         (a retried write whose reply was lost).
+
+        A retry sends the very same point (its wall-clock time is the lease's
+        booking time plus ``t``), so ``$addToSet`` adds it once; the curve as it
+        was before the write tells whether the step was there already.  The
+        filter is the lease's token alone: a condition on the curve array
+        (``$not``/``$elemMatch``) makes the embedded server decode every trial
+        in Python, on every step of every trial.
         """
+        base = lease.booked + datetime.timedelta(seconds=float(t)) if lease.booked is not None else None
+        at = base or datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
         point = CurvePoint(step=int(step), value=float(value), t=round(float(t), 3), attempt=lease.attempt,
-                           lease=lease.token[:12],
-                           at=datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)).model_dump()
-        point["at"] = point["at"].replace(microsecond=point["at"].microsecond // 1000 * 1000)
-        seen = {"$elemMatch": {"step": point["step"], "lease": point["lease"]}}
-        res = self.jobs.update_one({**lease.filter, "curve": {"$not": seen}},
-                                   {"$push": {"curve": encode(point)}, "$currentDate": {"refresh_time": True}})
-        return res.matched_count == 1
+                           lease=lease.token[:12], at=at.replace(microsecond=at.microsecond // 1000 * 1000),
+                           ).model_dump()
+        before = self.jobs.find_one_and_update(
+            lease.filter, {"$addToSet": {"curve": encode(point)}, "$currentDate": {"refresh_time": True}},
+            projection=["curve"], return_document=pymongo.ReturnDocument.BEFORE)
+        return before is not None and not _has_step(before, point["step"], point["lease"])
 
     def has_step(self, lease: Lease, step: int) -> bool:
-        seen = {"$elemMatch": {"step": int(step), "lease": lease.token[:12]}}
-        return self.jobs.count_documents({**lease.filter, "curve": seen}, limit=1) == 1
+        doc = self.jobs.find_one(lease.filter, projection=["curve"])
+        return doc is not None and _has_step(doc, int(step), lease.token[:12])
 
     # ------------------------------------------------------------ the end of an attempt
     def finish(self, lease: Lease, result: dict, extra: dict | None = None) -> bool:
@@ -544,6 +554,10 @@ class TrialStore:
 
 _RUNNING_FIELDS = ["tid", "exp_key", "state", "worker", "book_time", "refresh_time", "progress", "attempts",
                    "params", "curve", "artifacts"]
+
+
+def _has_step(doc: dict, step: int, lease: str) -> bool:
+    return any(isinstance(p, dict) and p.get("step") == step and p.get("lease") == lease for p in doc.get("curve") or [])
 
 
 def _record(doc: dict) -> TrialRecord:
