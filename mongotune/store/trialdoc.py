@@ -401,12 +401,15 @@ class TrialStore:
         nobody has finished the trial yet (first finished wins).  Idempotent under retries."""
         fields = {"state": DONE, "result": validate_result(result), "lease_token": None,
                   "finished_lease": lease.token, **(extra or {})}
+        update = {"$set": encode(fields), "$currentDate": {"refresh_time": True, "finished": True},
+                  "$inc": {"version": 1}}
+        # the usual case, the lease still held, by its token alone (cheap on the embedded server);
+        # then the whole condition, which also takes a result after the lease expired
+        if self.jobs.update_one(lease.filter, update).matched_count == 1:
+            return True
         cond = {"exp_key": lease.exp_key, "tid": lease.tid, "state": {"$in": [QUEUED, RUNNING]},
                 "$or": [{"lease_token": lease.token}, {"lease_expiries.token": lease.token}]}
-        res = self.jobs.update_one(cond, {"$set": encode(fields), "$currentDate": {"refresh_time": True,
-                                                                                  "finished": True},
-                                          "$inc": {"version": 1}})
-        if res.matched_count == 1:
+        if self.jobs.update_one(cond, update).matched_count == 1:
             return True
         return self.jobs.count_documents({"exp_key": lease.exp_key, "tid": lease.tid,
                                           "finished_lease": lease.token}, limit=1) == 1
