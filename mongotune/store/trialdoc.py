@@ -456,17 +456,20 @@ class TrialStore:
             return []
         now = server_now(self.db)
         done = []
+        # the running trials of every study (few), by state alone; study and age checked here
+        running = list(self.jobs.find({"state": RUNNING},
+                                      projection=["tid", "exp_key", "lease_token", "attempts", "owner", "refresh_time"]))
         for exp_key, (lease_s, max_attempts) in leases.items():
             cutoff = now - datetime.timedelta(seconds=lease_s)
-            stale = self.jobs.find(
-                {"state": RUNNING, "exp_key": exp_key, "refresh_time": {"$lt": cutoff}},
-                projection=["tid", "lease_token", "attempts", "owner", "refresh_time"])
+            stale = [d for d in running if d.get("exp_key") == exp_key
+                     and isinstance(d.get("refresh_time"), datetime.datetime) and d["refresh_time"] < cutoff]
             for doc in stale:
                 attempts = int(doc.get("attempts") or 0) + 1
                 token = doc.get("lease_token")
                 age = (now - doc["refresh_time"]).total_seconds() if doc.get("refresh_time") else math.inf
                 note = {"owner": doc.get("owner"), "silent_s": round(age, 1), "attempt": attempts, "token": token}
-                cond = {"exp_key": exp_key, "tid": doc["tid"], "state": RUNNING, "lease_token": token}
+                cond = (Lease(doc["_id"], doc["tid"], exp_key, token, attempts).filter if token else
+                        {"exp_key": exp_key, "tid": doc["tid"], "state": RUNNING, "lease_token": None})
                 if attempts >= max_attempts:
                     reason = (f"lease expired {attempts} times (no heartbeat for {lease_s:.0f}s); "
                               f"last owner {doc.get('owner')}")
