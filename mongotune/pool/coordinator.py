@@ -41,7 +41,7 @@ from hyperopt.fmin import FMinIter, space_eval
 from ..errors import ConfigError, MongotuneError
 from ..search import spaces
 from ..search.batch import fill_batch
-from ..store import MongoJobs, MongoTrials, RetryPolicy, open_client
+from ..store import MongoJobs, MongoTrials, RetryPolicy, decode, encode, open_client
 from ..store._connection import FOREVER
 from ..store.studies import COORDINATOR_LEASE_S, Study, StudyBusy, StudyStore, holder_info, spare_for
 from ..store.progress import Snapshot, snapshot
@@ -116,16 +116,36 @@ class _StudyTrials(MongoTrials):
         self.retry.call(self._refresh_active, "refresh trials")
         self._synced_at = time.monotonic()
 
+    def refresh(self):
+        """Sync the view, unless it was synced within ``fresh_s``.
+
+        fmin refreshes three times within a few milliseconds when it suggests
+        (before the suggestion, after inserting it, at the next count); the
+        trials it inserted are put in the view by ``_insert_trial_docs``, so one
+        read per poll is enough.
+        """
+        if self._by_id and time.monotonic() - self._synced_at <= self.fresh_s:
+            return
+        self.refresh_tids(None)
+
     def _refresh_active(self):
-        jobs = self.handle.jobs
+        """One read of the queued and running trials, whole (they are few), then the trials that
+        left those states since the last read (``_download``: one ``find_one`` by ``_id`` each).
+
+        The filter is the state alone and the study is checked here: on the embedded server
+        every field of a filter costs full-collection probes after each write.  The trials
+        read replace the view's (heartbeats and curve points change a running trial without
+        changing its version), so progress can be shown from the view.
+        """
         query = self._query()
-        active = {d["_id"]: d for d in jobs.find(
-            {**query, "state": {"$in": [JOB_STATE_NEW, JOB_STATE_RUNNING]}}, projection=["version", "tid"])}
-        stale = {i: d.get("tid") for i, d in active.items()
-                 if i not in self._by_id or self._by_id[i].get("version", 0) != d.get("version", 0)}
-        stale.update({i: d.get("tid") for i, d in self._by_id.items()
-                      if d.get("state") in (JOB_STATE_NEW, JOB_STATE_RUNNING) and i not in active})
-        self._download(stale, query)
+        active_states = [JOB_STATE_NEW, JOB_STATE_RUNNING]
+        active = {d["_id"]: d for d in self.handle.jobs.find({"state": {"$in": active_states}})
+                  if self._exp_key is None or d.get("exp_key") == self._exp_key}
+        for i, d in active.items():
+            self._by_id[i] = decode(d)
+        left = {i: d.get("tid") for i, d in self._by_id.items()
+                if d.get("state") in active_states and i not in active}
+        self._download(left, query)
         self._publish()
 
     def count_by_state_unsynced(self, arg):
@@ -148,7 +168,11 @@ class _StudyTrials(MongoTrials):
         self._fence(len(docs))
         for doc in docs:
             TrialStore.stamp(doc, space_eval(self._space, base.spec_from_misc(doc["misc"])))
-        return super()._insert_trial_docs(docs)
+        inserted = super()._insert_trial_docs(docs)
+        for doc in inserted:  # as stored (tuples become lists...): the view has them without a read
+            self._by_id[doc["_id"]] = decode(encode(doc))
+        self._publish()
+        return inserted
 
 
 class _ElasticFMinIter(FMinIter):
@@ -341,7 +365,8 @@ class Coordinator:
                            "requeue expired trials")
             if progress and now - state["progress"] >= progress_every_s:
                 state["progress"] = now
-                progress(retry.call(lambda: snapshot(self.trials, self.workers, study, started), "read progress"))
+                progress(retry.call(lambda: snapshot(self.trials, self.workers, study, started, view=trials),
+                                    "read progress"))
             if (stop is not None and stop.is_set()) or keeper.lost.is_set():
                 trials._fmin_cancelled = True
 

@@ -42,12 +42,18 @@ class Snapshot:
                 "running": self.running, "live_workers": self.live_workers, "elapsed_s": round(self.elapsed_s, 3)}
 
 
-def snapshot(trials: TrialStore, workers: WorkerRegistry, study: Study, started: float | None = None) -> Snapshot:
-    counts = trials.counts(study.exp_key)
-    best = trials.best(study.exp_key)
+def snapshot(trials: TrialStore, workers: WorkerRegistry, study: Study, started: float | None = None,
+             view=None) -> Snapshot:
+    """``view``: the coordinator's own refreshed trials (fmin's ``Trials``), which give the counts,
+    the best trial and the running trials without reading the study (see ``TrialStore.summarize``)."""
+    if view is not None:
+        counts, best, running_records = trials.summarize(view.trials, study.exp_key)
+    else:
+        counts, best, running_records = (trials.counts(study.exp_key), trials.best(study.exp_key),
+                                         trials.running(study.exp_key))
     now = server_now(trials.db)
     running = []
-    for rec in trials.running(study.exp_key):
+    for rec in running_records:
         w = rec.worker
         running.append({"tid": rec.tid, "attempt": rec.attempts + 1, "worker": w.id if w else None,
                         "host": w.host if w else None, "gpu": w.gpu if w else None,

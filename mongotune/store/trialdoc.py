@@ -499,6 +499,34 @@ class TrialStore:
             setattr(counts, outcome, getattr(counts, outcome) + row["n"])
         return counts
 
+    def summarize(self, docs: Iterable[dict], exp_key: str) -> tuple[Counts, TrialRecord | None, list[TrialRecord]]:
+        """``counts``, ``best`` and ``running`` of a study, from its queued, running and finished
+        trials as the caller already holds them (the coordinator's view, re-read every poll).
+
+        What launch's progress shows twice a second, without reading the study: on the
+        embedded server ``counts`` and ``best`` each decode every trial (~300 ms at 1,000
+        trials).  Error trials, which the view leaves out, are read by state alone.
+        """
+        counts, done, running = Counts(), [], []
+        for d in docs:
+            if d.get("exp_key") != exp_key:
+                continue
+            outcome = outcome_of(d.get("state"), d.get("result"))
+            setattr(counts, outcome, getattr(counts, outcome) + 1)
+            (done if d.get("state") == DONE else running if d.get("state") == RUNNING else []).append(d)
+        counts.error += sum(1 for d in self.jobs.find({"state": ERROR}, projection=["exp_key"])
+                            if d.get("exp_key") == exp_key)
+
+        def loss(d: dict) -> float | None:
+            r = d.get("result") or {}
+            v = r.get("loss") if r.get("status") == "ok" else None
+            return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+        ranked = sorted((d for d in done if loss(d) is not None), key=lambda d: (loss(d), d["tid"]))
+        best = next((d for d in ranked if not (d.get("result") or {}).get("pruned")), ranked[0] if ranked else None)
+        return (counts, _record(best) if best is not None else None,
+                [_record(d) for d in sorted(running, key=lambda d: d["tid"])])
+
     def count(self, exp_key: str) -> int:
         """Every trial of the study, whatever its state."""
         return self.jobs.count_documents({"exp_key": exp_key})
