@@ -117,12 +117,14 @@ class _CurveCache:
     def read(self) -> StudyCurves:
         import datetime
 
-        q_done = {"exp_key": self.study.exp_key, "state": DONE}
-        if self.since is not None:
-            q_done["refresh_time"] = {"$gt": self.since}
-        fields = ["tid", "state", "curve", "refresh_time"]
+        # one field per filter (the study and state are checked here): the embedded server probes
+        # the whole collection for every field of a filter
+        q_done = {"state": DONE} if self.since is None else {"refresh_time": {"$gt": self.since}}
+        fields = ["tid", "state", "curve", "refresh_time", "exp_key"]
         newest = self.since
         for doc in self.trials.jobs.find(q_done, projection=fields):
+            if doc.get("exp_key") != self.study.exp_key or doc.get("state") != DONE:
+                continue
             self.done[doc["tid"]] = self._curve(doc, True)
             t = doc.get("refresh_time")
             if t is not None and (newest is None or t > newest):
@@ -130,8 +132,9 @@ class _CurveCache:
         if newest is not None:  # writes stamped just before the newest one may become visible just after it
             self.since = newest - datetime.timedelta(seconds=2)
         curves = StudyCurves(dict(self.done))
-        for doc in self.trials.jobs.find({"exp_key": self.study.exp_key, "state": RUNNING}, projection=fields):
-            curves.trials[doc["tid"]] = self._curve(doc, False)
+        for doc in self.trials.jobs.find({"state": RUNNING}, projection=fields):
+            if doc.get("exp_key") == self.study.exp_key:
+                curves.trials[doc["tid"]] = self._curve(doc, False)
         return curves
 
 
