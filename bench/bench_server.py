@@ -262,7 +262,7 @@ def run(args) -> dict:
             assert store.finish(lease, result, {"duration_s": 15.3, "worker": info, "owner": worker_id})
             meter.mark("finish")
             if i % 2 == 1:  # launch's progress line, and the queue target's reads
-                snapshot(store, registry, study)
+                snapshot(store, registry, study, view=trials)
                 queue_cache.pop("t", None)
                 coord._queue_target(study, queue_cache, trials)
             if i % 20 == 19:  # the coordinator's and a worker's expired-lease sweeps
