@@ -35,7 +35,8 @@ trial, split by the kinds above, and this process's wall time per trial.
     python bench/bench_server.py --profile       # also sample the server with py-spy
                                                  # in the first and the last block
 
-Writes JSON to bench/results/server.json (server-quick.json with --quick).
+Writes JSON to bench/results/server.json (server-quick.json with --quick), after
+every block too (marked ``"partial": true`` until the run ends).
 ``--profile`` needs py-spy (``pip install py-spy``) and permission to trace a
 child process.
 """
@@ -288,6 +289,8 @@ def run(args) -> dict:
                 if block in samplers:
                     row["profile"] = samplers.pop(block).stop()
                 blocks.append(row)
+                if args.on_block is not None:
+                    args.on_block(blocks)
                 print(f"  {row['trials']:>10}  server CPU {row['server_cpu_ms_per_trial']:7.1f} ms/trial  "
                       f"wall {row['wall_ms_per_trial']:7.1f} ms/trial  "
                       + " ".join(f"{k} {v:.1f}" for k, v in row["server_cpu_ms_by_kind"].items()), flush=True)
@@ -357,6 +360,13 @@ def main(argv=None) -> int:
     print(f"embedded server, {args.trials} trials, blocks of {args.block} (server CPU per trial, by kind, ms)")
     t0 = time.perf_counter()
     host = host_info()  # the code measured, before anything can change it
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_block(blocks):  # a run stopped early still leaves what it measured
+        out.write_text(json.dumps({"host": host, "quick": args.quick, "partial": True, "blocks": blocks},
+                                  indent=2) + "\n")
+
+    args.on_block = on_block
     result = run(args)
     result = {"host": host, "quick": args.quick,
               "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -371,7 +381,6 @@ def main(argv=None) -> int:
                   "mongoeco functions by inclusive share:")
             for e in row["profile"]["inclusive"][:12]:
                 print(f"  {e['share'] * 100:5.1f}%  {e['function']}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
