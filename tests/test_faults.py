@@ -20,6 +20,7 @@ from faultproxy import FaultProxy, is_finish, is_reservation
 from helpers import db_of, log_text, mongotune, stop, wait_for
 from mongotune.pool.coordinator import Coordinator
 from mongotune.store.studies import Study
+from mongotune.store.trialdoc import server_now
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 
@@ -59,8 +60,13 @@ def test_latency_cuts_lost_replies_and_a_long_blackout(mongo_url, mongo_server, 
         wait_for(lambda: len(proxy.lost_replies) >= 2, 60, 0.1, what="a lost result reply")
 
         # dark for longer than the 3 s lease, pymongo's 5 s server selection and the 5 s step-report retry
-        wait_for(lambda: db.jobs.count_documents({"exp_key": "mongotune:faults", "state": 1}) >= 1, 60, 0.1,
-                 what="a running trial before the blackout")
+        # a trial booked under a second ago: it has about 3 s of its 4 s still to run when the lights go
+        # out, so its lease must expire (a trial seen running may otherwise finish just before the cut)
+        def fresh_running():
+            now = server_now(db)
+            return any(d.get("book_time") and (now - d["book_time"]).total_seconds() < 1.0
+                       for d in db.jobs.find({"exp_key": "mongotune:faults", "state": 1}, projection=["book_time"]))
+        wait_for(fresh_running, 90, 0.05, what="a trial reserved just before the blackout")
         proxy.blackout()
         time.sleep(12.0)
         assert all(w.poll() is None for w in workers), "a worker died during the blackout"

@@ -7,6 +7,8 @@ thread reserves and evaluates them, as in tests/store/test_stock_fmin.py.
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 from hyperopt import hp
 from hyperopt.base import JOB_STATE_DONE
@@ -65,7 +67,10 @@ def test_algorithm_on_the_store_with_a_conditional_mixed_space(mongo_url, tmp_pa
     losses = trials.losses()
     best_doc = min(docs, key=lambda t: t["result"]["loss"])
     assert best == assignment_of(best_doc)  # fmin's argmin comes back through the store
-    if name in ("tpe", "gp") and max_evals > 16:  # the model improves on its random start
-        assert min(losses[8:]) < min(losses[:8]), losses
+    if name in ("tpe", "gp") and max_evals > 16:
+        # the model concentrates its proposals where the random start did well: the typical
+        # model-phase loss is below the typical random one (the single best of 8 random draws can
+        # be lucky, so the best alone is no test of the model)
+        assert statistics.median(losses[8:]) < statistics.median(losses[:8]), losses
     if name == "gp":  # the GP never proposes a point twice
         assert len({point_key(assignment_of(t)) for t in docs}) == max_evals
