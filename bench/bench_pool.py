@@ -35,7 +35,6 @@ import collections
 import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -50,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+import machine  # noqa: E402  (bench/machine.py)
 
 OPTUNA_WORKER = "_optuna_worker"  # hidden sub-command: one Optuna process of the efficiency comparison
 
@@ -521,7 +522,7 @@ def bench_efficiency(res, base_url, out: Out, *, ks, per_worker, sleep_s, with_o
                 if meets is not None else "(K = 8 not run)"),
     )
     return {"sleep_s": sleep_s, "trials_per_worker": per_worker, "ks": ks, "algo": "tpe",
-            "optuna_version": _version("optuna"), "optuna_storage": "sqlite (RDBStorage, 60 s busy timeout)",
+            "optuna_version": machine.package_version("optuna"), "optuna_storage": "sqlite (RDBStorage, 60 s busy timeout)",
             "rows": rows, "target_efficiency_k8": 0.9, "meets_target": meets}
 
 
@@ -640,29 +641,8 @@ def bench_coordinator(res, base_url, out: Out, *, n, k, window) -> dict:
 
 
 # ====================================================================== main
-def _version(mod):
-    try:
-        from importlib.metadata import version
-
-        return version(mod)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def host_info() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "mongotune"], cwd=REPO,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"host": platform.node(), "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "platform": platform.platform(), "python": platform.python_version(),
-            "versions": {m: _version(m) for m in ("hyperopt", "pymongo", "mongoeco", "optuna")},
-            "git_commit": commit, "mongotune_dirty": dirty,
-            "server": "embedded (mongoeco over SQLite), separate process"}
+    return machine.host_info(("hyperopt", "pymongo", "mongoeco", "optuna"), server="embedded (mongoeco over SQLite), separate process")
 
 
 def main(argv=None) -> int:

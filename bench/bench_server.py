@@ -47,8 +47,6 @@ import argparse
 import collections
 import datetime
 import json
-import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -63,6 +61,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
+
+import machine  # noqa: E402  (bench/machine.py)
 
 KINDS = ("queue", "poll", "reserve", "heartbeat", "curve", "finish", "periodic")
 
@@ -313,26 +313,8 @@ def run(args) -> dict:
             "target_ratio": 2.0}
 
 
-def _version(mod: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(mod)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def host_info() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "mongotune"], cwd=REPO,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"host": platform.node(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(),
-            "versions": {m: _version(m) for m in ("hyperopt", "pymongo", "mongoeco")},
-            "git_commit": commit, "mongotune_dirty": dirty}
+    return machine.host_info(("hyperopt", "pymongo", "mongoeco"))
 
 
 def main(argv=None) -> int:
