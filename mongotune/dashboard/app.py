@@ -31,14 +31,16 @@ log = logging.getLogger("mongotune.dashboard")
 STATIC = Path(__file__).with_name("static")
 
 
-def _page(title: str, poll_ms: int) -> str:
+def _page(title: str, poll_ms: int, study: bool = False) -> str:
+    # a study page fetches plotly.js itself, alongside the study's JSON; the preload starts it at once
+    preload = '<link rel="preload" href="/static/plotly.min.js" as="script">' if study else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title><style>{STYLE}
 header nav a {{ margin-right:14px; }} #status {{ float:right; color:#b9c5d3; font-size:12px; }}
 #status.stale {{ color:#ffb4a8; }} .studies td a {{ font-weight:600; }} h2 .count {{ color:var(--muted); font-weight:400; }}
 </style>
-<script src="/static/plotly.min.js"></script></head>
+{preload}</head>
 <body><header><span id="status">connecting…</span><h1 id="title">mongotune</h1>
 <div class="sub" id="subtitle"><a href="/">all studies</a></div></header>
 <main id="app"></main>
@@ -55,7 +57,7 @@ def create_app(db, *, jobs: str = "jobs", poll_ms: int = 1000, warm: bool = True
 
     def page(request: Request) -> HTMLResponse:
         name = request.path_params.get("name")
-        return HTMLResponse(_page(f"{name} · mongotune" if name else "mongotune dashboard", poll_ms))
+        return HTMLResponse(_page(f"{name} · mongotune" if name else "mongotune dashboard", poll_ms, bool(name)))
 
     def static_plotly(request: Request) -> Response:
         if state["plotly"] is None:

@@ -5,9 +5,12 @@ changed (``TrialLoader``).  Every refresh that changes something bumps the
 view's generation ``gen``; each row and each chart remembers the generation
 it last changed in, so a browser that has seen generation G is sent only the
 rows and charts changed after G.  Charts are rebuilt from memory (no reads)
-when their inputs changed, and serialised once per rebuild.  Parameter
-importance (a random forest) is refitted in a background thread, at most
-every ``importance_every_s``, so it never holds an update up.
+when their inputs changed, and serialised once per rebuild.  The charts
+that cost a browser most to redraw whatever the study's size (parallel
+coordinates, a WebGL chart, and the slices) are rebuilt at most every
+``heavy_every_s``; the history, learning curves and timeline follow every
+trial.  Parameter importance (a random forest) is refitted in a background
+thread, at most every ``importance_every_s``, so it never holds an update up.
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ def _row_json(r: TrialRow) -> dict:
 
 
 class StudyView:
+    HEAVY = ("parallel", "slices")
+
     def __init__(self, db, name: str, *, jobs: str = "jobs", min_interval_s: float = 0.3,
-                 importance_every_s: float = 5.0):
+                 importance_every_s: float = 5.0, heavy_every_s: float = 5.0):
         self.db, self.name = db, name
         self.loader = TrialLoader(db, name, jobs=jobs)
         self.min_interval_s = min_interval_s
         self.importance_every_s = importance_every_s
+        self.heavy_every_s = heavy_every_s
+        self._heavy_dirty = False
+        self._heavy_t = 0.0
         self.lock = threading.Lock()
         self.gen = 0
         self.row_gen: dict[int, int] = {}
@@ -84,7 +92,12 @@ class StudyView:
             info = self.loader.info
             rebuild = {"timeline": first or bool(changed) or running}
             if finished:
-                rebuild.update(history=True, parallel=True, slices=True)
+                rebuild["history"] = True
+                self._heavy_dirty = True
+            if self._heavy_dirty and (first or time.monotonic() - self._heavy_t >= self.heavy_every_s):
+                rebuild.update(parallel=True, slices=True)
+                self._heavy_dirty = False
+                self._heavy_t = time.monotonic()
             if curves:
                 rebuild["curves"] = True
             builders = {"history": lambda: ch.history_chart(info, rows),

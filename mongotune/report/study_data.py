@@ -1,15 +1,16 @@
 """What the report and the dashboard draw: a study and its trials, as plain dataclasses.
 
 ``StudyInfo`` and ``TrialRow`` are the only input of the chart builders
-(``charts.py``); nothing there reads MongoDB.  The loaders below turn today's
-raw documents (``db.studies`` and hyperopt's trial documents in ``db.jobs``)
-into them; they are thin on purpose, so that the trial-document module
-(``store/trialdoc.py``) can feed the same dataclasses later.
+(``charts.py``); nothing there reads MongoDB.  The loaders below read through
+the modules that own the documents: a study through ``Study.from_doc``
+(``store/studies.py``, which also upgrades studies written before the generic
+core) and its trials through ``TrialStore`` (``store/trialdoc.py``:
+``TrialRecord``, its ``outcome`` and the curve of its latest run).
 
 ``TrialLoader`` is the dashboard's incremental reader: after a first full read
 it asks only for trials whose ``refresh_time`` moved (every write to a trial
-sets it) plus trials it has not seen (queued ones have none), so an update
-reads the trials that changed, not the whole study.
+after its insert sets it) and for queued ones (a new trial has none), each by
+that one field, so an update reads the trials that changed, not the whole study.
 """
 
 from __future__ import annotations
@@ -19,20 +20,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from ..store.trialdoc import server_now  # noqa: F401  (re-exported: the report and dashboard judge ages on it)
+from ..store.trialdoc import TrialRecord, TrialStore, server_now  # noqa: F401  (server_now: re-exported)
 
 STATES = ("queued", "running", "ok", "failed", "pruned")
 TERMINAL = ("ok", "failed", "pruned")
 
-# hyperopt's job states
-_NEW, _RUNNING, _DONE, _ERROR = 0, 1, 2, 3
-
 #: fields of a trial document the rows need (never the pickled spec, misc or per-class reports)
-TRIAL_FIELDS = ("tid", "state", "params", "result.status", "result.loss", "result.failure.kind",
+TRIAL_FIELDS = ["tid", "exp_key", "state", "params", "result.status", "result.loss", "result.failure.kind",
                 "result.failure.reason", "result.pruned", "result.pruned_at", "result.history",
                 "result.epoch_seconds", "result.val_accuracy", "result.val_loss", "result.metric",
                 "result.epochs", "result.best_epoch", "result.x", "curve", "worker", "book_time",
-                "refresh_time", "finished", "attempts", "progress", "last_output", "version", "duration_s")
+                "refresh_time", "finished", "attempts", "progress", "version", "duration_s"]
 
 @dataclass
 class StudyInfo:
@@ -92,38 +90,17 @@ def _iso(t):
 
 
 # ---------------------------------------------------------------- documents -> dataclasses
-def metric_of(study_doc: dict) -> tuple[str, str]:
-    """The study metric's name and goal.
-
-    A study document may say it (``metric: {"name", "goal"}``); otherwise a
-    Keras study's ``training.loss`` implies it, and any other objective is
-    judged by its loss.
-    """
-    m = study_doc.get("metric")
-    if isinstance(m, dict) and m.get("name"):
-        return str(m["name"]), ("max" if m.get("goal") == "max" else "min")
-    if isinstance(m, str) and m:
-        return m, ("max" if "acc" in m else "min")
-    for key in ("objective_settings", "options"):  # a command study's settings name its metric and goal
-        settings = study_doc.get(key)
-        if isinstance(settings, dict) and isinstance(settings.get("metric"), str) and settings["metric"]:
-            return settings["metric"], ("min" if settings.get("goal") == "min" else "max")
-    if study_doc.get("objective", "keras") == "keras":
-        loss = (study_doc.get("training") or {}).get("loss", "neg_val_accuracy")
-        return ("val_loss", "min") if loss == "val_loss" else ("val_accuracy", "max")
-    return "loss", "min"
-
-
 def study_info(doc: dict) -> StudyInfo:
-    from ..store import decode
+    """A study document, read as ``Study`` reads it (older layouts upgraded there), as a ``StudyInfo``."""
+    from ..store.studies import Study
 
-    doc = decode(doc)
-    metric, goal = metric_of(doc)
-    dataset = doc.get("dataset")
+    study = Study.from_doc(doc)
+    objective = study.objective or {}
+    dataset = objective.get("dataset")
     return StudyInfo(
-        name=doc["_id"], objective=doc.get("objective", "keras"), metric=metric, goal=goal,
-        max_evals=doc.get("max_evals"), status=doc.get("status"), created=doc.get("created"),
-        space=doc.get("space"), final=doc.get("final"), model=doc.get("model"),
+        name=study.name, objective=study.kind, metric=str(study.metric.get("name") or "loss"),
+        goal="max" if study.goal == "max" else "min", max_evals=study.max_evals, status=study.status,
+        created=study.created, space=study.space, final=study.final, model=objective.get("model"),
         dataset=dataset.get("name") if isinstance(dataset, dict) else dataset,
     )
 
@@ -134,35 +111,16 @@ def _num(v) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def _state(doc: dict, result: dict) -> str:
-    s = doc.get("state")
-    if s == _NEW:
-        return "queued"
-    if s == _RUNNING:
-        return "running"
-    if result.get("pruned"):
-        return "pruned"
-    if s == _DONE and result.get("status") == "ok":
-        return "ok"
-    return "failed"
-
-
-def curve_of(doc: dict, metric: str) -> list[dict]:
-    """The per-epoch monitored metric: the ``curve`` field, else one derived from ``result.history``."""
-    curve = doc.get("curve")
-    if isinstance(curve, list) and curve:
-        out = []
-        for i, p in enumerate(curve):
-            if isinstance(p, dict) and _num(p.get("value")) is not None:
-                out.append({"step": int(p.get("step", i + 1)), "value": float(p["value"]),
-                            "t": _num(p.get("t"))})
-        return out
-    result = doc.get("result") or {}
-    history = result.get("history") or {}
+def curve_of(rec: TrialRecord, metric: str) -> list[dict]:
+    """The per-epoch monitored metric of the trial's latest run (``TrialRecord.last_curve``: a requeued
+    trial starts its curve again), else one derived from ``result.history`` (trials written before curves)."""
+    if rec.curve:
+        return [{"step": p.step, "value": p.value, "t": _num(p.t)} for p in rec.last_curve if _num(p.value) is not None]
+    history = rec.result.get("history") or {}
     key = next((k for k in (metric, "val_accuracy", "val_loss") if isinstance(history.get(k), list)), None)
     if key is None:
         return []
-    seconds = result.get("epoch_seconds") or []
+    seconds = rec.result.get("epoch_seconds") or []
     t: float | None = 0.0
     out = []
     for i, v in enumerate(history[key]):
@@ -173,45 +131,39 @@ def curve_of(doc: dict, metric: str) -> list[dict]:
     return out
 
 
-def trial_row(doc: dict, metric: str, now: datetime.datetime | None = None) -> TrialRow:
-    """One trial document (decoded) as a row."""
-    result = doc.get("result") or {}
-    state = _state(doc, result)
-    loss = _num(result.get("loss")) if state in ("ok", "pruned") else None
-    if metric == "loss":
-        value = loss
-    else:
-        value = _num(result.get(metric))
-        if value is None and isinstance(result.get("metric"), (int, float)):
+def trial_row(rec: TrialRecord, metric: str, now: datetime.datetime | None = None) -> TrialRow:
+    """One trial (``TrialRecord``) as a row; an ``error`` trial (hyperopt's) shows as failed."""
+    result = rec.result
+    state = "failed" if rec.outcome == "error" else rec.outcome
+    loss = rec.loss if state in ("ok", "pruned") else None
+    value = None
+    if state in ("ok", "pruned"):
+        value = loss if metric == "loss" else _num(result.get(metric))
+        if value is None:
             value = _num(result.get("metric"))
-    if state not in ("ok", "pruned"):
-        value = None
     failure = None
     if state == "failed":
         f = result.get("failure") or {}
-        failure = {"kind": str(f.get("kind") or ("error" if doc.get("state") == _ERROR else "unknown")),
+        failure = {"kind": str(f.get("kind") or ("error" if rec.outcome == "error" else "unknown")),
                    "reason": str(f.get("reason") or "no reason recorded")}
-    w = doc.get("worker")
-    worker = {"id": w.get("id"), "host": w.get("host"), "gpu": w.get("gpu")} if isinstance(w, dict) else None
-    refreshed = doc.get("refresh_time")
-    ended = doc.get("finished") or (refreshed if state in TERMINAL else None)
-    started = doc.get("book_time")
+    w = rec.worker
+    worker = {"id": w.id, "host": w.host, "gpu": w.gpu} if w is not None else None
+    refreshed = rec.refresh_time
+    ended = rec.finished or (refreshed if state in TERMINAL else None)
+    started = rec.book_time
     if state == "queued":
         started = ended = None
     row = TrialRow(
-        tid=int(doc.get("tid", -1)), state=state, params=doc.get("params") or {}, loss=loss, metric=value,
-        curve=curve_of(doc, metric), pruned_at=result.get("pruned_at") if state == "pruned" else None,
-        failure=failure, worker=worker, started=started, ended=ended, attempts=int(doc.get("attempts") or 0),
-        refreshed=refreshed,
+        tid=rec.tid, state=state, params=rec.params, loss=loss, metric=value, curve=curve_of(rec, metric),
+        pruned_at=result.get("pruned_at") if state == "pruned" else None, failure=failure, worker=worker,
+        started=started, ended=ended, attempts=rec.attempts, refreshed=refreshed,
     )
     if state == "running":
         if now is not None and isinstance(refreshed, datetime.datetime):
             row.heartbeat_age_s = round(max(0.0, (now - refreshed).total_seconds()), 2)
-        progress = doc.get("progress")
-        if isinstance(progress, dict):
-            row.progress = progress
-            row.last_output = progress.get("last_output")
-        row.last_output = doc.get("last_output") or row.last_output
+        if isinstance(rec.progress, dict):
+            row.progress = rec.progress
+            row.last_output = rec.progress.get("last_output")
     return row
 
 
@@ -231,29 +183,27 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
 
 # ---------------------------------------------------------------- loaders
 def get_study(db, name: str) -> StudyInfo:
-    from ..errors import StudyNotFound
+    from ..store.studies import StudyStore
 
     doc = db.studies.find_one({"_id": name})
     if doc is None:
-        known = [d["_id"] for d in db.studies.find({}, projection=["_id"]).limit(20)]
-        hint = f"; known: {', '.join(map(str, known))}" if known else "; no studies yet"
-        raise StudyNotFound(f"no study named {name!r}{hint}")
+        StudyStore(db).get(name)  # raises StudyNotFound, naming the known studies
     return study_info(doc)
 
 
-def _rows(db, info: StudyInfo, query: dict, now, jobs: str) -> list[TrialRow]:
-    from ..store import decode
+def _rows(records: Iterable[TrialRecord], info: StudyInfo, now) -> list[TrialRow]:
+    return [trial_row(rec, info.metric, now) for rec in records]
 
-    cursor = db[jobs].find({"exp_key": info.exp_key, **query}, projection=list(TRIAL_FIELDS))
-    return [trial_row(decode(d), info.metric, now) for d in cursor]
+
+def _store(db, jobs: str) -> TrialStore:
+    return TrialStore(db, db[jobs])
 
 
 def load_study_data(db, name: str, *, jobs: str = "jobs") -> tuple[StudyInfo, list[TrialRow]]:
     """The study and all its trials, sorted by tid."""
     info = get_study(db, name)
-    rows = _rows(db, info, {}, server_now(db), jobs)
-    rows.sort(key=lambda r: r.tid)
-    return info, rows
+    records = _store(db, jobs).records(info.exp_key, fields=TRIAL_FIELDS, lenient=True)
+    return info, _rows(records, info, server_now(db))
 
 
 def list_study_infos(db) -> list[StudyInfo]:
@@ -288,14 +238,16 @@ class TrialLoader:
     """Keeps one study's rows current with reads of the changed trials only.
 
     ``refresh()`` returns the rows that changed since the last call.  After the
-    first full read it asks for trials whose ``refresh_time`` is at or after the
-    last read's server time less ``overlap_s`` (a write stamped just before a
-    read may commit just after it), for queued trials, and for tids past the
-    highest one seen.
+    first full read it asks ``TrialStore.changed`` for trials written at or after
+    the last read's server time less ``overlap_s`` (a write stamped just before a
+    read may commit just after it) and for queued trials (an insert sets no
+    ``refresh_time``): two reads of one field each, which the embedded server
+    answers without decoding the study.
     """
 
     def __init__(self, db, name: str, *, jobs: str = "jobs", overlap_s: float = 2.0):
         self.db, self.name, self.jobs, self.overlap_s = db, name, jobs, overlap_s
+        self.store = _store(db, jobs)
         self.info: StudyInfo | None = None
         self.rows: dict[int, TrialRow] = {}
         self._since: datetime.datetime | None = None
@@ -307,18 +259,10 @@ class TrialLoader:
         now = server_now(self.db)
         self.now = now
         if self._since is None:
-            fresh = _rows(self.db, self.info, {}, now, self.jobs)
+            records = self.store.records(self.info.exp_key, fields=TRIAL_FIELDS, lenient=True)
         else:
-            # three narrow queries the embedded server answers from its indexes: documents written
-            # since the last read, queued ones (an operator's requeue leaves refresh_time alone),
-            # and tids past the last one seen (new trials); a count or a scan of every tid would
-            # cost as much as reading the study again
-            top = max(self.rows, default=-1)
-            fresh = {}
-            for query in ({"refresh_time": {"$gte": self._since}}, {"state": _NEW}, {"tid": {"$gt": top}}):
-                for row in _rows(self.db, self.info, query, now, self.jobs):
-                    fresh[row.tid] = row
-            fresh = list(fresh.values())
+            records = self.store.changed(self.info.exp_key, self._since, fields=TRIAL_FIELDS, lenient=True)
+        fresh = _rows(records, self.info, now)
         self.docs_read += len(fresh)
         self._since = now - datetime.timedelta(seconds=self.overlap_s)
         changed = []

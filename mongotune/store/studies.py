@@ -176,10 +176,19 @@ def _upgrade(doc: dict) -> dict:
     search = {"algo": doc.get("algo", "tpe")}
     if doc.get("startup_trials") is not None:
         search["startup_trials"] = doc["startup_trials"]
-    loss = (doc.get("training") or {}).get("loss", "neg_val_accuracy")
-    metric = {"name": "val_loss", "goal": "min"} if loss == "val_loss" else (
-        {"name": "val_accuracy", "goal": "max"} if kind == "keras" else {"name": "loss", "goal": "min"})
-    return {**doc, "objective": objective, "search": search, "metric": metric}
+    return {**doc, "objective": objective, "search": search, "metric": _legacy_metric(doc, kind)}
+
+
+def _legacy_metric(doc: dict, kind: str) -> dict:
+    """The metric of a study written before the generic core: a Keras study's follows its training
+    loss; a command study's options named it; anything else is judged by its loss."""
+    if kind == "keras":
+        loss = (doc.get("training") or {}).get("loss", "neg_val_accuracy")
+        return {"name": "val_loss", "goal": "min"} if loss == "val_loss" else {"name": "val_accuracy", "goal": "max"}
+    options = doc.get("options") or {}
+    if isinstance(options.get("metric"), str) and options["metric"]:
+        return {"name": options["metric"], "goal": "min" if options.get("goal") == "min" else "max"}
+    return {"name": "loss", "goal": "min"}
 
 
 class StudyStore:

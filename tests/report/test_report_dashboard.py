@@ -246,3 +246,83 @@ def test_the_dashboard_database_handle_cannot_write(mongo_url):
     assert db.client.admin.command("ping")["ok"] == 1
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
+
+
+def test_pruned_and_requeued_trials_render_marked_in_report_and_dashboard(mongo_url, browser, tmp_path,
+                                                                          live_dashboard):
+    """A study run by a real worker with median pruning, one of whose trials an operator requeues mid-run:
+    the history and the learning curves mark the pruned trials, the requeued trial's curve is its last
+    run only, and report and dashboard draw every chart without errors."""
+    from mongotune.pool.coordinator import Coordinator
+    from mongotune.report import charts as ch
+    from mongotune.report.html import render_report
+    from mongotune.store.studies import Study
+    from mongotune.store.trialdoc import RUNNING, TrialStore
+
+    from helpers import queue_trials
+
+    coord = Coordinator(mongo_url)
+    coord.create(Study(name="prq", max_evals=6, objective={"kind": "synthetic", "steps": 6, "sleep_s": 3.0},
+                       space={"x": {"hp": "uniform", "low": -1.0, "high": 1.0}},
+                       pruner={"kind": "median", "min_epochs": 1, "min_trials": 2}))
+    coord.close()
+    # loss (x - 0.3)^2, read at step s as loss * (1 + 1/s): trial 2 (0.35) has one other trial to compare
+    # with, so it runs to its end; 1.0 and 0.95 are worse than the median of the others at step 1
+    queue_trials(mongo_url, "prq", [{"x": 0.3}, {"x": 0.35}, {"x": 1.0}, {"x": 0.32}, {"x": 0.95}])
+    db = db_of(mongo_url)
+    w = mongotune("worker", "--mongo", mongo_url, "--study", "prq", log=tmp_path / "w.log")
+    try:
+        # the operator requeues trial 2 once it has recorded two steps; the worker gives it up and runs it again
+        wait_for(lambda: len((db.jobs.find_one({"exp_key": "mongotune:prq", "tid": 2, "state": RUNNING})
+                              or {}).get("curve") or []) >= 2, 120, 0.05, what="trial 2 two steps in")
+        assert TrialStore(db).requeue("mongotune:prq", 2, reason="test: operator requeue") == [2]
+        wait_for(lambda: db.jobs.count_documents({"exp_key": "mongotune:prq", "state": 2}) == 5, 300, 0.2,
+                 what="five finished trials")
+    finally:
+        assert stop(w) == 0, log_text(tmp_path / "w.log")[-2000:]
+    requeued = db.jobs.find_one({"exp_key": "mongotune:prq", "tid": 2})
+    assert requeued["requeues"] and len({p["lease"] for p in requeued["curve"]}) == 2, requeued["curve"]
+
+    info, rows = _load(mongo_url, "prq")
+    by_tid = {r.tid: r for r in rows}
+    pruned = [r for r in rows if r.state == "pruned"]
+    assert pruned and all(r.pruned_at for r in pruned), [(r.tid, r.state) for r in rows]
+    # the requeued trial's curve is its last run: each step once, in order
+    assert [p["step"] for p in by_tid[2].curve] == list(range(1, 7)) and by_tid[2].state == "ok"
+    history, curves = ch.history_chart(info, rows), ch.curves_chart(info, rows)
+    marked = [t for t in history.figure["data"] if t["name"] == "pruned"]
+    assert marked and sorted(marked[0]["text"]) == sorted(f"trial {r.tid} pruned" for r in pruned)
+    ends = [t for t in curves.figure["data"] if t["name"] == "pruned here"]
+    assert ends and len(ends[0]["x"]) == len(pruned) and ends[0]["x"] == [r.pruned_at for r in pruned]
+
+    path = tmp_path / "prq.html"
+    path.write_text(render_report(info, rows))
+    ctx, page, errors, blocked = _open_offline(browser, path)
+    try:
+        rendered = page.evaluate("Array.from(document.querySelectorAll('.plot')).map(e => e.dataset.rendered)")
+        assert rendered == ["1"] * 6 and errors == [] and blocked == [], (rendered, errors, blocked)
+        for key in ("history", "curves"):  # the legend names the pruned marks
+            assert "pruned" in page.locator(f"#plot-{key} .legend").inner_text(), key
+    finally:
+        ctx.close()
+
+    dash = live_dashboard(mongo_url)
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors = watch_errors(page)
+    try:
+        page.goto(f"{dash.base}/study/prq")
+        page.wait_for_function("window.mtState && window.mtState.updates >= 1", timeout=60_000)
+        wait_rendered(page)
+        rendered = page.evaluate("Array.from(document.querySelectorAll('section:not([hidden]) .plot'))"
+                                 ".map(e => e.dataset.rendered)")
+        assert rendered == ["1"] * 6, rendered
+        for key in ("history", "curves"):
+            el = page.locator(f"#plot-{key}")
+            el.scroll_into_view_if_needed()
+            assert "pruned" in el.locator(".legend").inner_text(), key
+        assert page.locator("#trial-2[data-state=ok]").count() == 1
+        assert page.locator("#trials-table tbody tr[data-state=pruned]").count() == len(pruned)
+        assert errors == [], errors
+    finally:
+        page.close()
+    assert set(dash.recorder.commands) <= READ_COMMANDS, set(dash.recorder.commands)

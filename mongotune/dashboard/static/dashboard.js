@@ -73,10 +73,30 @@
   }
 
   // ------------------------------------------------------------ one study
-  var ORDER = ['history', 'parallel', 'slices', 'curves', 'importance', 'timeline', 'confusion'];
+  // what moves with every trial first (cheap SVG charts); parallel coordinates (WebGL, the costliest to
+  // draw) and the slices further down, drawn when scrolled to
+  var ORDER = ['history', 'curves', 'importance', 'timeline', 'slices', 'parallel', 'confusion'];
   var WIDE = { history: 1, parallel: 1, slices: 1, timeline: 1 };
 
+  // plotly.js (about 4.6 MB) loads while the study's JSON is fetched and the tables are drawn
+  var plotlyReady = null;
+  function loadPlotly() {
+    if (!plotlyReady) {
+      plotlyReady = new Promise(function (resolve, reject) {
+        if (window.Plotly) { resolve(); return; }
+        var s = document.createElement('script');
+        s.src = '/static/plotly.min.js';
+        s.onload = function () { resolve(); };
+        s.onerror = function () { reject(new Error('could not load plotly.js')); };
+        document.head.appendChild(s);
+      });
+    }
+    return plotlyReady;
+  }
+  function nextFrame() { return new Promise(function (r) { requestAnimationFrame(function () { setTimeout(r, 0); }); }); }
+
   function studyPage(name) {
+    loadPlotly();
     document.getElementById('title').textContent = 'Study ' + name;
     app.innerHTML = '<div class="cards" id="cards"></div>' +
       '<div class="grid" id="grid">' +
@@ -164,19 +184,23 @@
       if (!el.style.minHeight) el.style.minHeight = (ch.figure.layout.height || 300) + 'px';
       observer.observe(el);
     });
-    // charts are drawn when on screen: an off-screen chart keeps its newest figure and is drawn when scrolled to
-    return Promise.all(Object.keys(PENDING).filter(function (k) { return VISIBLE[k]; }).map(draw));
+    // charts are drawn when on screen, one at a time in page order, after the tables have been painted:
+    // an off-screen chart keeps its newest figure and is drawn when scrolled to
+    return Promise.all(ORDER.filter(function (k) { return PENDING[k] && VISIBLE[k]; }).map(draw));
   }
 
-  var PENDING = {}, VISIBLE = {};
+  var PENDING = {}, VISIBLE = {}, queue = Promise.resolve();
   function draw(key) {
-    var job = PENDING[key];
-    if (!job) return Promise.resolve();
-    delete PENDING[key];
-    var el = document.getElementById('plot-' + key);
-    return Plotly.react(el, job.fig.data, job.fig.layout, CONFIG).then(function () {
-      el.dataset.rendered = '1'; el.dataset.gen = String(job.gen);
-    }, function (err) { el.dataset.rendered = 'error'; console.error('chart ' + key + ': ' + err); });
+    queue = queue.then(nextFrame).then(loadPlotly).then(function () {
+      var job = PENDING[key];
+      if (!job) return null;
+      delete PENDING[key];
+      var el = document.getElementById('plot-' + key);
+      return Plotly.react(el, job.fig.data, job.fig.layout, CONFIG).then(function () {
+        el.dataset.rendered = '1'; el.dataset.gen = String(job.gen);
+      }, function (err) { el.dataset.rendered = 'error'; console.error('chart ' + key + ': ' + err); });
+    }).catch(function (err) { console.error('chart ' + key + ': ' + err); });
+    return queue;
   }
   var observer = new IntersectionObserver(function (entries) {
     entries.forEach(function (e) {
