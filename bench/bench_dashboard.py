@@ -13,8 +13,10 @@ Browser side (viewport 1400x900, and a 1400x6000 one where every chart is on scr
   tables    navigation until the tables are on the page
   load      navigation until the charts on screen are drawn: a first visit (empty cache, so plotly.js
             is fetched and compiled) and a repeat visit in the same browser context (``_repeat``)
-  update    one poll's fetch + redraw of the changed charts on screen (``mtState.lastUpdateMs``),
-            and the latency from the database write to the trial's row on the page (includes the poll wait)
+  update    one poll's fetch + redraw of the rows and the changed charts on screen that follow every
+            trial (``mtState.lastRowsUpdateMs``); ``_with_heavy_max``: the slowest full redraw, parallel
+            coordinates and slices included (sent at most every 5 s); and the latency from the
+            database write to the trial's row on the page (includes the poll wait)
 
 Target: under 1 s each at 1,000 trials.  Writes bench/results/dashboard.json.
 """
@@ -145,7 +147,7 @@ def main() -> int:
                     page = ctx.new_page()
                     for visit in ("first", "repeat"):
                         t0 = time.perf_counter()
-                        page.goto(f"{base}/study/{name}")
+                        page.goto(f"{base}/study/{name}", wait_until="commit")
                         page.wait_for_selector("#trials-table", timeout=120_000)
                         tables = time.perf_counter() - t0
                         page.wait_for_function(
@@ -156,7 +158,8 @@ def main() -> int:
                         key = "" if visit == "first" else "_repeat"
                         r[f"browser_load_{label}{key}_s"] = round(time.perf_counter() - t0, 3)
                         r[f"browser_tables_{label}{key}_s"] = round(tables, 3)
-                    e2e, render = [], []
+                        r[f"browser_plotly_js_{label}{key}_s"] = round(page.evaluate("mtState.plotlyMs") / 1000, 3)
+                    e2e, render, charts = [], [], []
                     for _ in range(args.updates):
                         page.wait_for_timeout(300)
                         before = page.evaluate("mtState.rowUpdates")
@@ -166,9 +169,14 @@ def main() -> int:
                         e2e.append(time.perf_counter() - t0)
                         page.wait_for_function(f"mtState.rowUpdates > {before}", timeout=60_000)
                         render.append(page.evaluate("mtState.lastRowsUpdateMs") / 1000.0)
+                        page.wait_for_function("mtState.chartUpdates >= mtState.updates", timeout=60_000)
+                        charts.append(page.evaluate("mtState.lastChartsUpdateMs") / 1000.0)
                         next_tid += 1
+                    # rows, cards and the charts that follow every trial (history, curves, timeline)
                     r[f"browser_update_{label}_s"] = round(statistics.median(render), 3)
                     r[f"browser_update_{label}_max_s"] = round(max(render), 3)
+                    # the last poll's full redraw, heavy charts included when it carried them (every 5 s)
+                    r[f"browser_update_{label}_with_heavy_max_s"] = round(max(charts), 3)
                     r[f"write_to_page_{label}_s"] = round(statistics.median(e2e), 3)
                     ctx.close()
                 results["sizes"][str(n)] = r

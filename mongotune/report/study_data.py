@@ -240,13 +240,17 @@ class TrialLoader:
     ``refresh()`` returns the rows that changed since the last call.  After the
     first full read it asks ``TrialStore.changed`` for trials written at or after
     the last read's server time less ``overlap_s`` (a write stamped just before a
-    read may commit just after it) and for queued trials (an insert sets no
-    ``refresh_time``): two reads of one field each, which the embedded server
-    answers without decoding the study.
+    read may commit just after it) and, when the jobs collection's size moved
+    (an insert sets no ``refresh_time``) or every ``queued_every``-th time, for the
+    queued trials: reads of one field each, which the embedded server answers
+    without decoding the study, and a collection count from its metadata.
     """
 
-    def __init__(self, db, name: str, *, jobs: str = "jobs", overlap_s: float = 2.0):
+    def __init__(self, db, name: str, *, jobs: str = "jobs", overlap_s: float = 2.0, queued_every: int = 10):
         self.db, self.name, self.jobs, self.overlap_s = db, name, jobs, overlap_s
+        self.queued_every = queued_every
+        self._size: int | None = None
+        self._calls = 0
         self.store = _store(db, jobs)
         self.info: StudyInfo | None = None
         self.rows: dict[int, TrialRow] = {}
@@ -258,10 +262,15 @@ class TrialLoader:
         self.info = get_study(self.db, self.name)
         now = server_now(self.db)
         self.now = now
+        size = self.store.jobs.estimated_document_count()
+        self._calls += 1
         if self._since is None:
             records = self.store.records(self.info.exp_key, fields=TRIAL_FIELDS, lenient=True)
         else:
-            records = self.store.changed(self.info.exp_key, self._since, fields=TRIAL_FIELDS, lenient=True)
+            queued = size != self._size or self._calls % self.queued_every == 0
+            records = self.store.changed(self.info.exp_key, self._since, queued=queued, fields=TRIAL_FIELDS,
+                                         lenient=True)
+        self._size = size
         fresh = _rows(records, self.info, now)
         self.docs_read += len(fresh)
         self._since = now - datetime.timedelta(seconds=self.overlap_s)

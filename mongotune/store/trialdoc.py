@@ -578,11 +578,16 @@ class TrialStore:
         q: dict = {"exp_key": exp_key} if since is None else {"refresh_time": {"$gt": since}}
         return self._read([q], exp_key, fields, lenient)
 
-    def changed(self, exp_key: str, since: datetime.datetime, *, fields: list[str] | None = None,
-                lenient: bool = False) -> list[TrialRecord]:
-        """Trials of the study written at or after ``since`` (server clock), and its queued trials
-        (an insert sets no ``refresh_time``), in tid order: two reads of one field each."""
-        return self._read([{"refresh_time": {"$gte": since}}, {"state": QUEUED}], exp_key, fields, lenient)
+    def changed(self, exp_key: str, since: datetime.datetime, *, queued: bool = True,
+                fields: list[str] | None = None, lenient: bool = False) -> list[TrialRecord]:
+        """Trials of the study written at or after ``since`` (server clock) and, with ``queued``, its
+        queued trials, in tid order: reads of one field each.  Every write to a trial after its insert
+        sets ``refresh_time`` (requeues and releases too); only a new trial has none, so a caller that
+        knows nothing was inserted can leave the queued ones out."""
+        queries: list[dict] = [{"refresh_time": {"$gte": since}}]
+        if queued:
+            queries.append({"state": QUEUED})
+        return self._read(queries, exp_key, fields, lenient)
 
     def _read(self, queries: list[dict], exp_key: str, fields: list[str] | None, lenient: bool) -> list[TrialRecord]:
         if fields is not None:

@@ -13,7 +13,7 @@ from helpers import db_of, log_text, mongotune, run_cli, stop, wait_for
 pytestmark = pytest.mark.timeout(600)
 
 EDGE = ("empty", "one", "failed", "mixed")
-READ_COMMANDS = {"find", "getMore", "hello", "ping", "endSessions", "killCursors", "isMaster", "ismaster"}
+READ_COMMANDS = {"find", "getMore", "count", "hello", "ping", "endSessions", "killCursors", "isMaster", "ismaster"}
 
 
 def _load(url, name):
@@ -302,7 +302,7 @@ def test_pruned_and_requeued_trials_render_marked_in_report_and_dashboard(mongo_
         rendered = page.evaluate("Array.from(document.querySelectorAll('.plot')).map(e => e.dataset.rendered)")
         assert rendered == ["1"] * 6 and errors == [] and blocked == [], (rendered, errors, blocked)
         for key in ("history", "curves"):  # the legend names the pruned marks
-            assert "pruned" in page.locator(f"#plot-{key} .legend").inner_text(), key
+            assert "pruned" in page.locator(f"#plot-{key} g.legend").text_content(), key
     finally:
         ctx.close()
 
@@ -319,7 +319,7 @@ def test_pruned_and_requeued_trials_render_marked_in_report_and_dashboard(mongo_
         for key in ("history", "curves"):
             el = page.locator(f"#plot-{key}")
             el.scroll_into_view_if_needed()
-            assert "pruned" in el.locator(".legend").inner_text(), key
+            assert "pruned" in el.locator("g.legend").text_content(), key
         assert page.locator("#trial-2[data-state=ok]").count() == 1
         assert page.locator("#trials-table tbody tr[data-state=pruned]").count() == len(pruned)
         assert errors == [], errors

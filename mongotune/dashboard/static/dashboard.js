@@ -9,7 +9,8 @@
   var statusEl = document.getElementById('status');
   var MT = window.mtState = { gen: 0, boot: null, rows: new Map(), updates: 0, lastUpdateMs: null,
                               lastFetchMs: null, lastRenderMs: null, firstRenderMs: null, errors: 0,
-                              rowUpdates: 0, lastRowsUpdateMs: null };
+                              rowUpdates: 0, lastRowsUpdateMs: null, chartUpdates: 0, lastChartsUpdateMs: null,
+                              plotlyMs: null };
 
   function esc(v) {
     return String(v === null || v === undefined ? '' : v).replace(/[&<>"']/g, function (c) {
@@ -77,6 +78,7 @@
   // draw) and the slices further down, drawn when scrolled to
   var ORDER = ['history', 'curves', 'importance', 'timeline', 'slices', 'parallel', 'confusion'];
   var WIDE = { history: 1, parallel: 1, slices: 1, timeline: 1 };
+  var HEAVY = { parallel: 1, slices: 1 };  // the server sends these at most every few seconds
 
   // plotly.js (about 4.6 MB) loads while the study's JSON is fetched and the tables are drawn
   var plotlyReady = null;
@@ -84,9 +86,9 @@
     if (!plotlyReady) {
       plotlyReady = new Promise(function (resolve, reject) {
         if (window.Plotly) { resolve(); return; }
-        var s = document.createElement('script');
+        var s = document.createElement('script'), t0 = performance.now();
         s.src = '/static/plotly.min.js';
-        s.onload = function () { resolve(); };
+        s.onload = function () { MT.plotlyMs = performance.now() - t0; resolve(); };
         s.onerror = function () { reject(new Error('could not load plotly.js')); };
         document.head.appendChild(s);
       });
@@ -118,13 +120,15 @@
           var t1 = performance.now();
           if (MT.boot && p.boot !== MT.boot && !p.full) { MT.gen = 0; MT.rows.clear(); MT.boot = p.boot; return null; }
           MT.boot = p.boot;
-          return apply(p).then(function () {
+          var done = apply(p);
+          return done.light.then(function () {
             var t2 = performance.now();
             MT.lastFetchMs = t1 - t0; MT.lastRenderMs = t2 - t1; MT.lastUpdateMs = t2 - t0; MT.updates++;
             if (!p.full && p.trials.length) { MT.rowUpdates++; MT.lastRowsUpdateMs = t2 - t0; }
             if (MT.firstRenderMs === null) MT.firstRenderMs = t2;
             setStatus('generation ' + p.gen + ' · updated ' + new Date().toLocaleTimeString() + ' · ' + Math.round(t2 - t0) + ' ms', false);
-          });
+            return done.all;
+          }).then(function () { MT.chartUpdates++; MT.lastChartsUpdateMs = performance.now() - t0; });
         })
         .catch(function (e) { MT.errors++; setStatus('cannot update: ' + e.message, true); })
         .then(function () { setTimeout(tick, POLL_MS); });
@@ -184,9 +188,14 @@
       if (!el.style.minHeight) el.style.minHeight = (ch.figure.layout.height || 300) + 'px';
       observer.observe(el);
     });
-    // charts are drawn when on screen, one at a time in page order, after the tables have been painted:
-    // an off-screen chart keeps its newest figure and is drawn when scrolled to
-    return Promise.all(ORDER.filter(function (k) { return PENDING[k] && VISIBLE[k]; }).map(draw));
+    // charts are drawn when on screen, one at a time in page order, after the tables have been painted
+    // (an off-screen chart keeps its newest figure and is drawn when scrolled to); `light` is done when
+    // the tables and the charts that follow every trial are drawn, `all` once the heavy ones are too
+    var shown = ORDER.filter(function (k) { return PENDING[k] && VISIBLE[k]; });
+    var light = Promise.all(shown.filter(function (k) { return !HEAVY[k]; }).map(draw));
+    return { light: light, all: light.then(function () {
+      return Promise.all(shown.filter(function (k) { return HEAVY[k]; }).map(draw));
+    }) };
   }
 
   var PENDING = {}, VISIBLE = {}, queue = Promise.resolve();
