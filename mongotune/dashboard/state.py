@@ -42,6 +42,7 @@ def _row_json(r: TrialRow) -> dict:
 
 class StudyView:
     HEAVY = ("parallel", "slices")
+    LATEST = 50  # trials a full payload lists (by tid); an update sends every trial that changed
 
     def __init__(self, db, name: str, *, jobs: str = "jobs", min_interval_s: float = 0.3,
                  importance_every_s: float = 5.0, heavy_every_s: float = 5.0):
@@ -157,8 +158,8 @@ class StudyView:
         with self.lock:
             full = not since or since > self.gen
             rows = self.loader.sorted_rows()
-            if full:
-                send = rows
+            if full:  # the page lists the latest trials; the counts and charts cover the rest
+                send = rows[-self.LATEST:]
             else:
                 send = [r for r in rows if self.row_gen.get(r.tid, 0) > since]
             keys = [k for k in ("history", "parallel", "slices", "curves", "importance", "timeline", "confusion")

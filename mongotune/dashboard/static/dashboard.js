@@ -145,7 +145,8 @@
       (s.model ? ' · model ' + esc(s.model) : '') + (s.dataset ? ' · dataset ' + esc(s.dataset) : '') +
       ' · metric ' + esc(s.metric) + ' (' + esc(s.goal) + ') · status ' + esc(s.status);
     var best = sum.best, u = (sum.utilisation || {}).utilisation;
-    var cards = [['trials', MT.rows.size + (s.max_evals ? ' / ' + s.max_evals : '')], ['ok', c.ok], ['failed', c.failed],
+    var total = typeof sum.trials === 'number' ? sum.trials : MT.rows.size;
+    var cards = [['trials', total + (s.max_evals ? ' / ' + s.max_evals : '')], ['ok', c.ok], ['failed', c.failed],
       ['pruned', c.pruned], ['running', c.running], ['queued', c.queued],
       ['best ' + s.metric, best && best.metric !== null ? num(best.metric) : '-'], ['best trial', best ? best.tid : '-'],
       ['pool utilisation', typeof u === 'number' ? Math.round(u * 100) + '%' : '-']];
@@ -163,7 +164,7 @@
       }), 'no trial is running');
     document.getElementById('workers').innerHTML = workersTable(p.workers);
     var all = Array.from(MT.rows.values()).sort(function (a, b) { return b.tid - a.tid; });
-    document.getElementById('trial-count').textContent = '(' + all.length + ' in all)';
+    document.getElementById('trial-count').textContent = '(' + total + ' in all)';
     document.getElementById('trials').innerHTML = table('trials-table', ['trial', 'state', 'loss', s.metric, 'worker', 'params'],
       all.slice(0, 25).map(function (r) {
         return '<tr id="trial-' + r.tid + '" data-state="' + esc(r.state) + '"><td class=num>' + r.tid + '</td><td>' + badge(r.state) +
