@@ -10,7 +10,7 @@
   var MT = window.mtState = { gen: 0, boot: null, rows: new Map(), updates: 0, lastUpdateMs: null,
                               lastFetchMs: null, lastRenderMs: null, firstRenderMs: null, errors: 0,
                               rowUpdates: 0, lastRowsUpdateMs: null, chartUpdates: 0, lastChartsUpdateMs: null,
-                              plotlyMs: null };
+                              plotlyMs: null, tablesAt: null, fetchAt: null };
 
   function esc(v) {
     return String(v === null || v === undefined ? '' : v).replace(/[&<>"']/g, function (c) {
@@ -80,7 +80,7 @@
   var WIDE = { history: 1, parallel: 1, slices: 1, timeline: 1 };
   var HEAVY = { parallel: 1, slices: 1 };  // the server sends these at most every few seconds
 
-  // plotly.js (about 4.6 MB) loads while the study's JSON is fetched and the tables are drawn
+  // plotly.js (about 4.6 MB) downloads while the study's JSON is fetched and runs after the tables are drawn
   var plotlyReady = null;
   function loadPlotly() {
     if (!plotlyReady) {
@@ -98,7 +98,8 @@
   function nextFrame() { return new Promise(function (r) { requestAnimationFrame(function () { setTimeout(r, 0); }); }); }
 
   function studyPage(name) {
-    loadPlotly();
+    // plotly.js is only fetched now (the page's preload link); it is run once the tables are set, as
+    // compiling it holds the page up for a while
     document.getElementById('title').textContent = 'Study ' + name;
     app.innerHTML = '<div class="cards" id="cards"></div>' +
       '<div class="grid" id="grid">' +
@@ -118,6 +119,7 @@
         })
         .then(function (p) {
           var t1 = performance.now();
+          if (MT.fetchAt === null) MT.fetchAt = t1;  // ms from navigation: the first payload is in
           if (MT.boot && p.boot !== MT.boot && !p.full) { MT.gen = 0; MT.rows.clear(); MT.boot = p.boot; return null; }
           MT.boot = p.boot;
           var done = apply(p);
@@ -177,6 +179,7 @@
       fails.map(function (f) {
         return '<tr><td class=num>' + f.tid + '</td><td>' + esc(f.kind) + '</td><td>' + esc(f.reason) + '</td><td>' + esc(f.worker || '-') + '</td><td class=num>' + f.attempts + '</td></tr>';
       }), 'no failed trials');
+    if (MT.tablesAt === null) MT.tablesAt = performance.now();  // ms from navigation: the tables are on the page
     p.charts.forEach(function (ch) {
       var sec = document.getElementById('section-' + ch.key);
       if (!sec) return;
