@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import datetime
 import json
+import os
 import signal
 
 import pytest
@@ -144,3 +145,37 @@ def test_a_worker_killed_in_a_pruned_trials_last_epoch_loses_nothing(mongo_url, 
     runs = collections.Counter(p["lease"] for p in t2["curve"])
     assert len(runs) == 2 and [p["step"] for p in _last_run(t2)] == [1, 2]  # both runs' readings are kept
     assert t2["worker"]["pid"] == b.pid
+
+
+@pytest.mark.slow
+def test_a_keras_launch_like_the_demo_prunes_and_keeps_every_curve(mongo_url, tmp_path):
+    """``./dev demo``'s launch, smaller: the baseline on digits, TPE, 2 workers, ASHA.  With reduction
+    factor 2, ten trials and every trial compared at epoch 1, a run where no trial falls in the worse half
+    of its rung has odds below 1 in 1,000 (ties, which keep both, aside)."""
+    epochs, n = 3, 10
+    r = run_cli("launch", "baseline", "--study", "demo", "--dataset", "digits", "--max-evals", n,
+                "--startup-trials", 4, "--workers", 2, "--epochs", epochs, "--patience", 3,
+                "--pruner", "asha", "--min-epochs", 1, "--reduction-factor", 2, "--mongo", mongo_url, "-q",
+                timeout=380)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{n}/{n} trials finished" in r.stdout and "asha pruning" in r.stdout
+    docs = _docs(db_of(mongo_url), "demo")
+    assert len(docs) == n and all(d["state"] == 2 and d["result"]["status"] == "ok" for d in docs.values())
+    pruned = [d for d in docs.values() if d["result"].get("pruned")]
+    assert pruned, [d["result"]["val_accuracy"] for d in docs.values()]
+    for d in docs.values():
+        res, steps = d["result"], [p["step"] for p in _last_run(d)]
+        values = [p["value"] for p in _last_run(d)]
+        if res.get("pruned"):
+            at = res["pruned_at"]
+            assert at in (1, 2) and res["pruned_by"]["rung"] == at  # rungs at epochs 1 and 2
+            assert steps == list(range(1, at + 1))  # stopped at once, its curve kept
+            assert res["loss"] == pytest.approx(-max(values) ** 2)  # the recipe's loss at its best epoch
+        else:
+            assert steps == list(range(1, epochs + 1))
+            assert values == pytest.approx(res["history"]["val_accuracy"])
+        assert os.path.exists(os.path.join(d["artifacts"]["path"], "params.json"))
+    status = json.loads(run_cli("status", "demo", "--mongo", mongo_url, "--json").stdout)
+    assert status["counts"]["pruned"] == len(pruned) and status["counts"]["ok"] == n - len(pruned)
+    best = min(docs.values(), key=lambda d: d["result"]["loss"])
+    assert status["best"]["tid"] == best["tid"]
