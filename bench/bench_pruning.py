@@ -27,7 +27,7 @@ reaches the target ranks after every run that does ("never" in the table).
 Reported: medians and min/max over seeds per arm, and the totals (epochs,
 wall time, pruned trials, best validation accuracy).
 
-    python bench/bench_pruning.py                  # 5 seeds x 4 arms, about 30 minutes on 2 cores
+    python bench/bench_pruning.py                  # 5 seeds x 4 arms: 36 minutes on 2 busy cores
     python bench/bench_pruning.py --quick          # 1 seed, 8 trials: smoke run
     python bench/bench_pruning.py --arms tpe,asha --seeds 3
 
