@@ -149,7 +149,7 @@ def test_a_worker_killed_in_a_pruned_trials_last_epoch_loses_nothing(mongo_url, 
 
 @pytest.mark.slow
 def test_a_keras_launch_like_the_demo_prunes_and_keeps_every_curve(mongo_url, tmp_path):
-    """``./dev demo``'s launch, smaller: the baseline on digits, TPE, 2 workers, ASHA.  With reduction
+    """A launch like ``./dev demo``'s, smaller and with ASHA: the baseline on digits, TPE, 2 workers.  With reduction
     factor 2, ten trials and every trial compared at epoch 1, a run where no trial falls in the worse half
     of its rung has odds below 1 in 1,000 (ties, which keep both, aside)."""
     epochs, n = 3, 10
