@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, env, mongotune, run_cli, stop, wait_for
+from authserver import AuthServer
+from helpers import mongotune, run_cli, stop, wait_for
 from mongotune.errors import ConnectionFailure
 from mongotune.store import parse_mongo_url, redact
 
@@ -77,20 +77,17 @@ def _descendants(pid: int) -> list[int]:
 @pytest.mark.parametrize("how", ["argv", "env"])
 def test_ps_of_launch_and_its_workers_never_shows_the_password(tmp_path, how):
     password = "p@ss/w#rd:x%y?"
-    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "authserver.py"), str(tmp_path / "db.sqlite"),
-                               "alice"], stdout=subprocess.PIPE, text=True, env=env(PASSWORD=password))
+    server = AuthServer(tmp_path / "authdb", "alice", password)
     try:
-        port = int(server.stdout.readline())
-        # the test server speaks SCRAM-SHA-256 only (pymongo would otherwise try SCRAM-SHA-1 first)
-        opts = "authSource=admin&authMechanism=SCRAM-SHA-256"
-        url = f"mongodb://alice:{password}@127.0.0.1:{port}/pwtest?{opts}"
+        url = server.url("pwtest")
+        opts = "authSource=admin&authMechanism=SCRAM-SHA-256"  # as in server.url: SCRAM-SHA-256 is all it speaks
         args = ["launch", "x", "--study", "pw", "--objective", "synthetic", "--options", '{"sleep_s": 1.5}',
                 "--max-evals", 4, "--workers", 2, "-q"]
         extra = {}
         if how == "argv":
             args += ["--mongo", url]
         else:  # the user name in the URL, the password in the environment
-            extra = {"MONGOTUNE_MONGO": f"mongodb://alice@127.0.0.1:{port}/pwtest?{opts}",
+            extra = {"MONGOTUNE_MONGO": f"mongodb://alice@127.0.0.1:{server.port}/pwtest?{opts}",
                      "MONGOTUNE_MONGO_PASSWORD": password}
         log = tmp_path / "launch.log"
         launch = mongotune(*args, log=log, extra_env=extra)
@@ -112,5 +109,4 @@ def test_ps_of_launch_and_its_workers_never_shows_the_password(tmp_path, how):
         for f in (Path(os.environ.get("MONGOTUNE_HOME", tmp_path)) / "logs").glob("*.log"):
             assert password not in f.read_text(errors="replace")
     finally:
-        server.kill()
-        server.wait()
+        server.stop()

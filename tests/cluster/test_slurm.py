@@ -27,7 +27,7 @@ from mongotune.pool.coordinator import Coordinator
 from mongotune.store.embedded import free_port
 from mongotune.store.studies import Study
 
-from auth_server import AuthServer
+from authserver import AuthServer
 from helpers import db_of, log_text, run_cli, wait_for
 from slurm_cluster import SlurmCluster, ensure_installed
 
