@@ -225,15 +225,18 @@ def launch(
     import os
 
     with _user_errors():
-        # everything that can be checked without TensorFlow or a server, first
-        from ..data import DataSpec
+        # everything that can be checked without TensorFlow or a server, first (and the options and the
+        # space file before numpy and pymongo load: a typo is answered in well under a second)
         from ..search.spaces import load_space_file
-        from ..store.studies import Study
 
         user_code = own_code(model, command, model_fn, augment, param=param, metric=metric, timeout=timeout,
                              workdir=workdir)
         space_json = load_space_file(space) if space else None
         search = search_settings(algo, startup_trials, grid_points, acquisition, kappa, constant_liar)
+
+        from ..data import DataSpec
+        from ..store.studies import Study
+
         if mongo:
             from ..store import parse_mongo_url
 
