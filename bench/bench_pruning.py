@@ -178,6 +178,24 @@ def run_optuna(seed: int, args, url: str, home: Path) -> dict:
 
 
 # ---------------------------------------------------------------- one Optuna worker process
+def baseline_small_params(trial) -> dict:
+    """One point of the small-input space of mongotune.models.baseline (8x8 digits), asked of an Optuna
+    trial: the same names, ranges, steps and choices as the hyperopt space mongotune searches.
+    bench_search.py asks its Optuna samplers through this too."""
+    from mongotune.models import baseline as B
+
+    low, high = B.SMALL_LEARNING_RATES
+    return {
+        "batch_size": trial.suggest_categorical("batch_size", B.SMALL_BATCH_SIZES),
+        "learning_rate": trial.suggest_float("learning_rate", low, high, log=True),
+        "dropout_rate": trial.suggest_float("dropout_rate", 0.0, 0.3, step=0.05),
+        "activation": trial.suggest_categorical("activation", B.ACTIVATIONS),
+        "num_layers": trial.suggest_int("num_layers", 1, B.SMALL_MAX_LAYERS),
+        "layer_size": trial.suggest_categorical("layer_size", B.SMALL_LAYER_SIZES),
+        "optimizer": trial.suggest_categorical("optimizer", B.OPTIMIZERS),
+    }
+
+
 def optuna_worker(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     for a in ("--dir", "--mongo", "--study"):
@@ -194,7 +212,6 @@ def optuna_worker(argv: list[str]) -> int:
 
     import_keras_quietly()
     from mongotune.errors import TrialPruned
-    from mongotune.models import baseline as B
     from mongotune.objectives import TrialContext
     from mongotune.objectives.keras_trial import train_trial
     from mongotune.store.studies import StudyStore
@@ -213,18 +230,8 @@ def optuna_worker(argv: list[str]) -> int:
     def emit(**e):
         events.write(json.dumps({"t": time.time(), **e}) + "\n")
 
-    low, high = B.SMALL_LEARNING_RATES
-
     def objective(trial):
-        params = {  # the small-input space of mongotune.models.baseline, in Optuna's words
-            "batch_size": trial.suggest_categorical("batch_size", B.SMALL_BATCH_SIZES),
-            "learning_rate": trial.suggest_float("learning_rate", low, high, log=True),
-            "dropout_rate": trial.suggest_float("dropout_rate", 0.0, 0.3, step=0.05),
-            "activation": trial.suggest_categorical("activation", B.ACTIVATIONS),
-            "num_layers": trial.suggest_int("num_layers", 1, B.SMALL_MAX_LAYERS),
-            "layer_size": trial.suggest_categorical("layer_size", B.SMALL_LAYER_SIZES),
-            "optimizer": trial.suggest_categorical("optimizer", B.OPTIMIZERS),
-        }
+        params = baseline_small_params(trial)
         emit(kind="start", trial=trial.number)
 
         def report(step: int, value: float) -> bool:
