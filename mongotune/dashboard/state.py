@@ -41,7 +41,7 @@ def _row_json(r: TrialRow) -> dict:
 
 
 class StudyView:
-    HEAVY = ("parallel", "slices")
+    HEAVY = ("parallel", "slices")  # rebuilt at most every heavy_every_s (dashboard.js draws them last)
     LATEST = 50  # trials a full payload lists (by tid); an update sends every trial that changed
 
     def __init__(self, db, name: str, *, jobs: str = "jobs", min_interval_s: float = 0.3,
@@ -96,7 +96,7 @@ class StudyView:
                 rebuild["history"] = True
                 self._heavy_dirty = True
             if self._heavy_dirty and (first or time.monotonic() - self._heavy_t >= self.heavy_every_s):
-                rebuild.update(parallel=True, slices=True)
+                rebuild.update(dict.fromkeys(self.HEAVY, True))
                 self._heavy_dirty = False
                 self._heavy_t = time.monotonic()
             if curves:

@@ -565,18 +565,15 @@ class TrialStore:
     def running_exp_keys(self) -> set[str]:
         return {d.get("exp_key") for d in self.jobs.find({"state": RUNNING}, projection=["exp_key"])}
 
-    def records(self, exp_key: str, *, since: datetime.datetime | None = None,
-                fields: list[str] | None = None, lenient: bool = False) -> list[TrialRecord]:
-        """The study's trials in tid order; with ``since``, only those written after that moment.
+    def records(self, exp_key: str, *, fields: list[str] | None = None, lenient: bool = False) -> list[TrialRecord]:
+        """The study's trials in tid order (``changed`` reads only those written since a moment).
 
-        One field per filter (``exp_key``, or ``refresh_time`` with the study
-        checked here) and the sort done here: on the embedded server a second
-        field or a sort costs probes and scans that parse every stored trial.
+        One field per filter and the sort done here: on the embedded server a
+        second field or a sort costs probes and scans that parse every stored trial.
         ``lenient``: a document that is not a valid trial is left out (and
         logged) rather than failing the whole read, for readers that show a study.
         """
-        q: dict = {"exp_key": exp_key} if since is None else {"refresh_time": {"$gt": since}}
-        return self._read([q], exp_key, fields, lenient)
+        return self._read([{"exp_key": exp_key}], exp_key, fields, lenient)
 
     def changed(self, exp_key: str, since: datetime.datetime, *, queued: bool = True,
                 fields: list[str] | None = None, lenient: bool = False) -> list[TrialRecord]:
