@@ -67,6 +67,8 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import machine  # noqa: E402  (bench/machine.py)
+
 from hyperopt import Trials, base, hp, rand, space_eval  # noqa: E402
 from hyperopt.base import JOB_STATE_DONE  # noqa: E402
 from hyperopt.pyll import scope  # noqa: E402
@@ -539,8 +541,8 @@ def main(argv=None) -> int:
     if "quality" in parts:
         chosen = problems(q, names, {"epochs": args.epochs, "patience": args.patience, "startup": args.startup})
         if any(isinstance(p, KerasDigits) for p in chosen):
-            result["machine"]["tensorflow"] = _version("tensorflow")
-            result["machine"]["keras"] = _version("keras")
+            result["machine"]["tensorflow"] = machine.package_version("tensorflow")
+            result["machine"]["keras"] = machine.package_version("keras")
         print(f"quality: best loss after N trials over S seeds ({n or 'default'} / {seeds or 'default'})", flush=True)
         result["quality"] = quality(q, n, seeds, chosen)
         result["skipped"] = dict(SKIPPED)
@@ -561,15 +563,6 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out} ({result['wall_s']:.0f} s)")
     return 0
-
-
-def _version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:  # noqa: BLE001 - not installed
-        return None
 
 
 if __name__ == "__main__":
