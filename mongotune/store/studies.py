@@ -29,6 +29,7 @@ import pymongo
 import pymongo.errors
 
 from ..errors import ConfigError, StudyNotFound, UserError
+from ..search.defaults import ALGORITHM
 from ._codec import decode, encode
 from .trialdoc import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, new_token, server_now
 
@@ -103,7 +104,7 @@ class Study:
     objective: dict  # {"kind": ..., the kind's own settings}
     space: dict | None = None  # resolved JSON space (None only in studies written before it was stored)
     metric: dict = field(default_factory=lambda: {"name": "loss", "goal": "min"})
-    search: dict = field(default_factory=lambda: {"algo": "tpe"})  # algorithm and its options
+    search: dict = field(default_factory=lambda: {"algo": ALGORITHM})  # algorithm and its options
     pruner: dict | None = None  # {"kind": "median"|"asha"|"hyperband", ...options}; None: no pruning
     lease_s: float = DEFAULT_LEASE_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -127,7 +128,7 @@ class Study:
 
     @property
     def algo(self) -> str:
-        return str(self.search.get("algo", "tpe"))
+        return str(self.search.get("algo", ALGORITHM))
 
     @property
     def goal(self) -> str:

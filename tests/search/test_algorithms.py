@@ -125,13 +125,15 @@ def test_grid_batch_of_ids_returns_what_is_left():
 
 # ---------------------------------------------------------------- tpe / gp / anneal / rand on a mixed space
 @pytest.mark.parametrize("name,options", [
+    ("optuna-tpe", {}),
+    ("optuna-tpe", {"group": False, "dedupe": False}),
     ("tpe", {"startup_trials": 10}),
     ("gp", {}),
     ("gp", {"acquisition": "ucb", "kappa": 2.0}),
-], ids=["tpe", "gp-ei", "gp-ucb"])
+], ids=["optuna-tpe", "optuna-tpe-ungrouped", "tpe", "gp-ei", "gp-ucb"])
 def test_model_based_search_finds_the_optimum_region_of_a_conditional_mixed_space(name, options):
     bests = []
-    for seed in range(5 if name == "tpe" else 3):  # TPE varies more from seed to seed
+    for seed in range(5 if "tpe" in name else 3):  # TPE varies more from seed to seed
         trials = _run(make_suggest(name, options), mixed_space(), mixed_loss, 60, seed, max_queue_len=2)
         assert len(trials.trials) == 60
         for doc in trials.trials:
@@ -207,7 +209,11 @@ def test_tpe_random_start_counts_queued_trials():
 
 # ---------------------------------------------------------------- options
 @pytest.mark.parametrize("name,options,message", [
-    ("bayes", {}, r"unknown search algorithm 'bayes' \(choose from tpe, rand, anneal, grid, gp\)"),
+    ("bayes", {}, r"unknown search algorithm 'bayes' \(choose from optuna-tpe, tpe, rand, anneal, grid, gp\)"),
+    ("optuna-tpe", {"acquisition": "ei"}, r"'acquisition' does not apply to algorithm 'optuna-tpe'"),
+    ("optuna-tpe", {"group": "auto"}, r"group='auto': must be true or false"),
+    ("optuna-tpe", {"max_trials": 3}, r"max_trials=3: must be an integer >= 10"),
+    ("optuna-tpe", {"n_ei_candidates": 0}, r"n_ei_candidates=0: must be an integer >= 1"),
     ("tpe", {"kappa": 2.0}, r"'kappa' does not apply to algorithm 'tpe'"),
     ("rand", {"startup_trials": 3}, r"'startup_trials' does not apply to algorithm 'rand' \(its options: none\)"),
     ("tpe", {"startup_trials": -1}, r"startup_trials=-1: must be an integer >= 0"),
@@ -230,7 +236,7 @@ def test_none_means_not_given_and_from_search_reads_the_algo_key():
     assert make_suggest("rand", {"grid_points": None}) is rand.suggest
     fn = from_search({"algo": "gp", "acquisition": "ucb", "kappa": 3.0, "startup_trials": 4, "xi": None})
     assert fn.func is gp.suggest and fn.keywords == {"acquisition": "ucb", "kappa": 3.0, "startup_trials": 4}
-    assert set(ALGORITHMS) == {"tpe", "rand", "anneal", "grid", "gp"}
+    assert set(ALGORITHMS) == {"optuna-tpe", "tpe", "rand", "anneal", "grid", "gp"}
 
 
 def test_gp_refuses_a_dimension_whose_bounds_depend_on_another():
