@@ -61,7 +61,10 @@ def suggest_for(study: Study, space=None):
     """The study's suggest function with its options (``study.search``), checked against its space."""
     from ..search.algorithms import from_search
 
-    return from_search(study.search, space=space)
+    search = dict(study.search)
+    if search.get("fidelity") == "rung":  # the model reads the curves: they go the study's way
+        search["goal"] = study.goal
+    return from_search(search, space=space)
 
 
 def resolve_space(study: Study):

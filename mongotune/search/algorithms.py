@@ -10,33 +10,33 @@ when grid search has run out of points), so each works with stock
     algo = make_suggest("gp", {"acquisition": "ucb", "kappa": 2.5})
     fmin(objective, space, algo=algo, max_evals=50)
 
-==========  ==============================================================  ==========================
-name        what                                                            options (default)
-==========  ==============================================================  ==========================
-optuna-tpe  **the default** (``DEFAULT``): Optuna's multivariate TPE        startup_trials (10),
-            (grouped on conditional spaces) behind hyperopt's suggest        constant_liar (true),
-            interface; pending trials enter as running ones (constant        multivariate (true),
-            liar), pruned ones ranked by the step they reached, no point     group (none: true on
-            proposed twice (``mongotune.search.optuna_tpe``)                 conditional spaces),
-                                                                             n_ei_candidates (24),
-                                                                             dedupe (true),
-                                                                             max_trials (2000)
-tpe        hyperopt's TPE; pending trials enter with a constant lie          startup_trials (20),
-           (the worst loss), so parallel workers get distinct points         constant_liar (true),
-           (``mongotune.search.tpe``)                                        n_ei_candidates (24),
-                                                                             gamma (0.25), prior_weight (1)
-rand       hyperopt's random search                                         none
-anneal     hyperopt's simulated annealing, one id at a time                  avg_best_idx (2), shrink_coef (0.1)
-grid       every combination; ``[]`` when exhausted (``mongotune.search.grid``) grid_points (none: a space
-                                                                             with continuous dimensions
-                                                                             needs it)
-gp         Gaussian-process BO with EI or UCB (``mongotune.search.gp``)      acquisition (ei), kappa (2,
-                                                                             ucb only), xi (0.01, ei only),
-                                                                             startup_trials (10),
-                                                                             n_candidates (1000),
-                                                                             constant_liar (true),
-                                                                             max_observations (300)
-==========  ==============================================================  ==========================
+Algorithms and their options (default in brackets):
+
+* ``optuna-tpe``, **the default** (``DEFAULT``): Optuna's multivariate TPE
+  (grouped on conditional spaces) behind hyperopt's suggest interface;
+  pending trials enter as running ones (constant liar), pruned ones ranked by
+  the step they reached, failed ones after all others, no point proposed
+  twice (``mongotune.search.optuna_tpe``).  ``fidelity="rung"`` fits the
+  model to the highest step enough trials reached (BOHB-style, for pruned
+  studies; ``goal`` is the direction of the curves, which the coordinator
+  sets from the study).  Options: startup_trials (10), constant_liar (true),
+  multivariate (true), group (none: true on conditional spaces),
+  n_ei_candidates (24), dedupe (true), max_trials (2000), fidelity (final),
+  goal (min).
+* ``tpe``: hyperopt's TPE; pending trials enter with a constant lie (the
+  worst loss), so parallel workers get distinct points
+  (``mongotune.search.tpe``).  Options: startup_trials (20), constant_liar
+  (true), n_ei_candidates (24), gamma (0.25), prior_weight (1).
+* ``rand``: hyperopt's random search.  No options.
+* ``anneal``: hyperopt's simulated annealing, one id at a time.  Options:
+  avg_best_idx (2), shrink_coef (0.1).
+* ``grid``: every combination; ``[]`` when exhausted
+  (``mongotune.search.grid``).  Options: grid_points (none: a space with
+  continuous dimensions needs it).
+* ``gp``: Gaussian-process BO with EI or UCB (``mongotune.search.gp``).
+  Options: acquisition (ei), kappa (2, ucb only), xi (0.01, ei only),
+  startup_trials (10), n_candidates (1000), constant_liar (true),
+  max_observations (300).
 
 ``DEFAULT`` is the one ``mongotune launch`` uses without ``--algo``: on the
 ten public tables of ``bench/bench_search.py`` it ends 50 and 100 trials with
@@ -115,7 +115,8 @@ def _bool_or_none(key, value):
 ALGORITHMS: dict[str, tuple[Callable, dict]] = {
     "optuna-tpe": (optuna_tpe.suggest, {"startup_trials": _int(0), "constant_liar": _bool, "multivariate": _bool,
                                         "group": _bool_or_none, "n_ei_candidates": _int(1), "dedupe": _bool,
-                                        "max_trials": _int(10)}),
+                                        "max_trials": _int(10), "fidelity": _one_of("final", "rung"),
+                                        "goal": _one_of("min", "max")}),
     "tpe": (tpe.suggest, {"startup_trials": _int(0), "constant_liar": _bool, "n_ei_candidates": _int(1),
                           "gamma": _float(0.0, 1.0, open_low=True), "prior_weight": _float(0.0, open_low=True)}),
     "rand": (_rand.suggest, {}),

@@ -25,6 +25,10 @@ study kept up to date between calls (``optuna_mirror``), and Optuna's
   On the ten tables of ``bench/bench_search.py`` this is what puts the
   default ahead of Optuna's own TPE (see the README's tables).
 
+With ``fidelity="rung"`` (a BOHB-style option for pruned studies) the model
+is fitted to the readings at the highest step enough trials reached
+(``fidelity``).
+
 Several ids in one call are proposed in turn, each seeing the earlier ones as
 pending.  The first ``startup_trials`` finished trials come from Optuna's
 random sampler (Optuna counts finished trials; a parallel start draws a few
@@ -42,6 +46,7 @@ import numpy as np
 
 from ._trials import seeds_for
 from .dims import dimensions, new_docs, point_key, prior_samples
+from .fidelity import at_highest_rung
 from .optuna_mirror import StudyMirror
 from .optuna_space import OptunaSpace
 
@@ -146,17 +151,25 @@ def _taken_internal(search: _Search) -> set:
 
 def suggest(new_ids, domain, trials, seed, *, startup_trials: int = DEFAULT_STARTUP, constant_liar: bool = True,
             multivariate: bool = True, group: bool | None = None, n_ei_candidates: int = 24, dedupe: bool = True,
-            max_trials: int = 2000):
-    """hyperopt-compatible suggest: one new trial document per id in ``new_ids``."""
+            max_trials: int = 2000, fidelity: str = "final", goal: str = "min"):
+    """hyperopt-compatible suggest: one new trial document per id in ``new_ids``.
+
+    ``fidelity="rung"``: fit the model to every finished trial's best reading up to the highest step that
+    enough of them reached (``fidelity.at_highest_rung``; BOHB-style), reading curves with ``goal``.
+    """
     import warnings
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = {"startup_trials": startup_trials, "constant_liar": constant_liar, "multivariate": multivariate,
-               "group": group, "n_ei_candidates": n_ei_candidates, "dedupe": dedupe, "max_trials": max_trials}
+               "group": group, "n_ei_candidates": n_ei_candidates, "dedupe": dedupe, "max_trials": max_trials,
+               "fidelity": fidelity, "goal": goal}
     search = _search_for(domain, trials, options, seed)
-    search.mirror.sync(list(trials.trials))
+    docs = list(trials.trials)
+    if fidelity == "rung":
+        docs = at_highest_rung(docs, goal, max(startup_trials, len(search.space.params) + 2))
+    search.mirror.sync(docs)
     out: list = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's experimental/independent-sampling warnings, once per trial
