@@ -61,6 +61,9 @@ ARMS = {  # name: (kind, search or sampler, pruner spec)
     "default+asha3": ("mongotune", {}, {"kind": "asha", "min_epochs": 3, "reduction_factor": 3}),
     "default+hyperband": ("mongotune", {}, {"kind": "hyperband", "min_epochs": 1, "reduction_factor": 3}),
     "default+median": ("mongotune", {}, {"kind": "median", "min_epochs": 2}),
+    "bohb-asha": ("mongotune", {"fidelity": "rung"}, {"kind": "asha", "min_epochs": 1, "reduction_factor": 3}),
+    "bohb-hyperband": ("mongotune", {"fidelity": "rung"}, {"kind": "hyperband", "min_epochs": 1,
+                                                            "reduction_factor": 3}),
     "optuna-tpe": ("optuna", {}, None),
     "optuna-tpe+sh": ("optuna", {}, {"kind": "sh", "min_resource": 1, "reduction_factor": 3}),
 }

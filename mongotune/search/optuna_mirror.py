@@ -24,9 +24,12 @@ update cannot express (a finished trial that changed or disappeared,
 inserted (a coordinator that stopped mid-batch) is marked failed, which
 samplers ignore.
 
-For very large studies the mirror keeps at most ``max_trials`` finished
-trials: the best half and the most recent others (every pending trial stays),
-which bounds the cost of a suggestion.
+For very large studies the model holds at most ``max_trials`` finished
+trials: past that, it is rebuilt from the best quarter and the most recent
+quarter of that many (every pending trial stays), then grows again, so a
+suggestion's cost stays bounded and a rebuild comes once per ``max_trials/2``
+trials.  The points of all trials, in the model or not, are remembered, so
+none is proposed twice.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ class Row:
     loss: float | None
     step: int | None
     key: tuple
+
+
+def _tid(doc: dict) -> int:
+    tid = doc.get("tid")
+    return tid if isinstance(tid, int) else -1
 
 
 def outcome(doc: dict) -> tuple[str, float | None, int | None]:
@@ -86,6 +94,9 @@ class StudyMirror:
         self.space = space
         self.max_trials = max_trials
         self.rows: dict[int, Row] = {}
+        self.points: dict[int, tuple] = {}  # tid -> point key, for every trial seen
+        self.internal: dict[int, tuple | None] = {}  # tid -> the point as Optuna's internal values (flat spaces)
+        self.cut: int | None = None  # bounded: trials up to this tid are in the model only if chosen
         self.rebuilds = 0
         self._new_study()
 
@@ -101,9 +112,14 @@ class StudyMirror:
     # ------------------------------------------------------------ sync
     def sync(self, docs: list[dict]) -> None:
         """Bring the study up to date with ``docs`` (every document of the search)."""
-        docs = self._bounded(docs)
-        if not self._apply(docs):
-            self.rebuilds += 1
+        self._note_points(docs)
+        if self.cut is not None:  # a bounded study: the trials chosen last time, and those since
+            docs = [d for d in docs if is_pending(d) or d.get("tid") in self.rows or _tid(d) > self.cut]
+        if self.max_trials is not None and sum(not is_pending(d) for d in docs) > self.max_trials:
+            docs = self._choose(docs)
+            self.rows = {}  # forces the rebuild below
+        if not self.rows or not self._apply(docs):
+            self.rebuilds += bool(self.rows) or self.cut is not None
             self._new_study()
             if not self._apply(docs):  # cannot happen on a fresh study; keep the search going anyway
                 raise RuntimeError("optuna mirror: could not rebuild the study from the trials")
@@ -117,14 +133,16 @@ class StudyMirror:
                 continue
             seen.add(tid)
             kind, loss, step = outcome(doc)
+            row = self.rows.get(tid)
+            if row is not None and row.kind != PENDING and (row.kind, row.loss, row.step) == (kind, loss, step):
+                continue  # a finished trial as it was: the common case, nothing computed
             assignment = assignment_of(doc)
             key = point_key(assignment)
-            row = self.rows.get(tid)
             if row is None:
                 self._add(tid, assignment, key, kind, loss, step)
-            elif (row.kind, row.loss, row.step, row.key) != (kind, loss, step, key):
-                if row.kind != PENDING or row.key != key:
-                    return False  # a finished trial changed, or a trial's point did
+            elif row.kind != PENDING or row.key != key:
+                return False  # a finished trial changed, or a trial's point did
+            elif kind != PENDING:
                 self._finish(tid, row, kind, loss, step)
         for tid in [t for t in self.rows if t not in seen]:
             row = self.rows[tid]
@@ -133,25 +151,38 @@ class StudyMirror:
             self._drop(tid, row)
         return True
 
-    def _bounded(self, docs: list[dict]) -> list[dict]:
-        """At most ``max_trials`` finished documents: the best half, then the most recent; every pending one."""
-        if self.max_trials is None:
-            return docs
+    def _choose(self, docs: list[dict]) -> list[dict]:
+        """A bounded study: every pending trial, the best quarter of ``max_trials`` finished ones and the most
+        recent quarter.  It then grows trial by trial up to ``max_trials`` again before the next choice, so the
+        cost of a rebuild is spread over ``max_trials / 2`` suggestions."""
         finished = [d for d in docs if not is_pending(d)]
-        if len(finished) <= self.max_trials:
-            return docs
 
         def loss_of(d):
             kind, loss, _ = outcome(d)
             return loss if kind == COMPLETE else math.inf
 
-        best = sorted(finished, key=loss_of)[: self.max_trials // 2]
-        keep = {id(d) for d in best}
-        for d in reversed(finished):
-            if len(keep) >= self.max_trials:
-                break
-            keep.add(id(d))
+        quarter = max(1, self.max_trials // 4)
+        keep = {id(d) for d in sorted(finished, key=loss_of)[:quarter]}
+        keep |= {id(d) for d in sorted(finished, key=_tid)[-quarter:]}
+        self.cut = max((_tid(d) for d in docs), default=-1)
         return [d for d in docs if is_pending(d) or id(d) in keep]
+
+    def _note_points(self, docs: list[dict]) -> None:
+        """Remember the point of every trial ever seen (in the model or not): no point is proposed twice."""
+        current = set()
+        for doc in docs:
+            tid = doc.get("tid")
+            if not isinstance(tid, int):
+                continue
+            current.add(tid)
+            if tid not in self.points or is_pending(doc):  # a pending trial's point is checked each time
+                assignment = assignment_of(doc)
+                self.points[tid] = point_key(assignment)
+                self.internal[tid] = self.space.internal(assignment)
+        if len(current) != len(self.points):
+            for tid in [t for t in self.points if t not in current]:
+                del self.points[tid]
+                self.internal.pop(tid, None)
 
     # ------------------------------------------------------------ one trial
     def _add(self, tid: int, assignment: dict, key: tuple, kind: str, loss, step) -> None:
@@ -200,8 +231,15 @@ class StudyMirror:
     def asked(self, tid: int, trial, assignment: dict) -> None:
         """Record a trial the sampler just proposed for ``tid`` (pending until its document says otherwise)."""
         self.storage.set_trial_user_attr(trial._trial_id, "tid", tid)
-        self.rows[tid] = Row(trial._trial_id, PENDING, None, None, point_key(assignment))
+        key = point_key(assignment)
+        self.rows[tid] = Row(trial._trial_id, PENDING, None, None, key)
+        self.points[tid] = key
+        self.internal[tid] = self.space.internal(assignment)
 
     def keys(self) -> set[tuple]:
-        """The points of every trial the mirror holds (finished or pending)."""
-        return {row.key for row in self.rows.values()}
+        """The points of every trial seen (finished, pending or just asked for), in the model or not."""
+        return set(self.points.values())
+
+    def internal_keys(self) -> set[tuple]:
+        """The same points as tuples of Optuna's internal values, in the order of ``space.flat_labels``."""
+        return {v for v in self.internal.values() if v is not None}

@@ -98,6 +98,21 @@ class OptunaSpace:
     def __init__(self, dims: list[Dim]):
         self.params = [param_of(d) for d in dims]
         self.by_label = {p.label: p for p in self.params}
+        # a flat space's points compare as tuples of Optuna's internal values in this order (none: conditional)
+        self.flat_labels = () if self.conditional else tuple(sorted(self.by_label))
+
+    def internal(self, assignment: dict) -> tuple | None:
+        """A point of a flat space as Optuna's internal values (``flat_labels`` order); None if it cannot be one."""
+        if not self.flat_labels or len(assignment) != len(self.flat_labels):
+            return None
+        out = []
+        for label in self.flat_labels:
+            p = self.by_label[label]
+            v = p.to_optuna(assignment.get(label)) if label in assignment else None
+            if v is None:
+                return None
+            out.append(float(p.distribution.to_internal_repr(v)))
+        return tuple(out)
 
     @property
     def conditional(self) -> bool:

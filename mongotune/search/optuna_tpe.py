@@ -40,7 +40,7 @@ sampler sees the best half and the most recent others.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -86,7 +86,6 @@ class _Search:
     space: OptunaSpace
     mirror: StudyMirror
     sampler: object
-    labels: tuple = field(default_factory=tuple)
 
 
 def _sampler(space: OptunaSpace, options: dict, seed: int):
@@ -118,8 +117,7 @@ def _search_for(domain, trials, options: dict, seed: int) -> _Search:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning for group=True
             sampler = _sampler(space, options, seed)
-        labels = tuple(sorted(p.label for p in space.params)) if not space.conditional else ()
-        found = cache[key] = _Search(space, StudyMirror(space, max_trials=options["max_trials"]), sampler, labels)
+        found = cache[key] = _Search(space, StudyMirror(space, max_trials=options["max_trials"]), sampler)
     return found
 
 
@@ -130,23 +128,6 @@ def _owner(trials):
         if inner is not None and hasattr(inner, "trials"):
             return _owner(inner)
     return trials
-
-
-def _taken_internal(search: _Search) -> set:
-    """Internal-representation tuples of every point the mirror holds (flat spaces; else empty)."""
-    if not search.labels:
-        return set()
-    from optuna.trial import TrialState
-
-    dists = {p.label: p.distribution for p in search.space.params}
-    out = set()
-    for t in search.mirror.study._get_trials(deepcopy=False, states=None, use_cache=False):
-        if t.state == TrialState.FAIL:
-            continue
-        params = t.params
-        if len(params) == len(search.labels):
-            out.add(tuple(float(dists[k].to_internal_repr(params[k])) for k in search.labels))
-    return out
 
 
 def suggest(new_ids, domain, trials, seed, *, startup_trials: int = DEFAULT_STARTUP, constant_liar: bool = True,
@@ -187,8 +168,8 @@ def _propose(search: _Search, domain, new_id: int, seed: int, dedupe: bool) -> d
     _reseed(sampler, seed)
     study.sampler = sampler
     taken = search.mirror.keys() if dedupe else set()
-    sampler.taken = _taken_internal(search) if dedupe else set()
-    sampler.full_labels = search.labels
+    sampler.taken = search.mirror.internal_keys() if dedupe else set()
+    sampler.full_labels = search.space.flat_labels
     for _ in range(RESAMPLES if dedupe else 1):
         trial = study.ask()
         assignment = search.space.sample(trial)

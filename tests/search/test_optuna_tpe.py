@@ -228,6 +228,15 @@ def test_large_studies_show_the_sampler_a_bounded_set():
         _insert(trials, domain, tid, {"x": float(rng.random())}, result={"status": "ok", "loss": float(tid)})
     docs = optuna_tpe.suggest([60], domain, trials, 0, max_trials=20)
     mirror = _mirror_of(trials)
-    kept = sorted(t for t in mirror.rows if t < 60)
-    assert len(kept) == 20 and kept[:10] == list(range(10)) and kept[10:] == list(range(50, 60))
+    # the best quarter of max_trials (losses grow with the tid) and the most recent quarter
+    assert sorted(t for t in mirror.rows if t < 60) == [0, 1, 2, 3, 4, 55, 56, 57, 58, 59]
     assert len(docs) == 1 and 0 <= space_eval({"x": hp.uniform("x", 0, 1)}, assignment_of(docs[0]))["x"] <= 1
+    # then it grows with every new trial, without a rebuild, until max_trials again
+    rebuilds = mirror.rebuilds
+    for tid in range(60, 70):
+        _insert(trials, domain, tid, assignment_of(docs[0]), result={"status": "ok", "loss": 100.0 + tid})
+        docs = optuna_tpe.suggest([tid + 1], domain, trials, tid, max_trials=20)
+    assert mirror.rebuilds == rebuilds and len([t for t in mirror.rows if t < 70]) == 20
+    optuna_tpe.suggest([71], domain, trials, 1, max_trials=20)  # one more: chosen again
+    assert mirror.rebuilds == rebuilds  # not counted: the mirror was full, not wrong
+
