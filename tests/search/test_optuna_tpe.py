@@ -240,3 +240,52 @@ def test_large_studies_show_the_sampler_a_bounded_set():
     optuna_tpe.suggest([71], domain, trials, 1, max_trials=20)  # one more: chosen again
     assert mirror.rebuilds == rebuilds  # not counted: the mirror was full, not wrong
 
+
+
+# ---------------------------------------------------------------- BOHB-style: the model at the highest rung
+def _curve_doc(tid, values, *, pruned_at=None, lease="a"):
+    result = {"status": "ok", "loss": -max(values)}
+    if pruned_at is not None:
+        result.update(pruned=True, pruned_at=pruned_at)
+    return {"tid": tid, "state": JOB_STATE_DONE, "result": result,
+            "curve": [{"step": i + 1, "value": v, "lease": lease} for i, v in enumerate(values)]}
+
+
+def test_at_highest_rung_compares_every_trial_at_one_step():
+    from mongotune.search.fidelity import at_highest_rung
+
+    docs = [_curve_doc(0, [0.5, 0.6, 0.7, 0.9]),  # ran to the end
+            _curve_doc(1, [0.6, 0.8, 0.85], pruned_at=3),
+            _curve_doc(2, [0.7, 0.75, 0.8], pruned_at=3),
+            _curve_doc(3, [0.9], pruned_at=1),  # a fast starter stopped at the first rung
+            {"tid": 4, "state": JOB_STATE_RUNNING, "result": {"status": "new"}},
+            {"tid": 5, "state": JOB_STATE_DONE, "result": {"status": "fail"}}]
+    seen = at_highest_rung(docs, "max", min_trials=3)
+    # step 3 is the highest step three finished trials reached; accuracy is maximised, so losses are negated
+    assert [d["result"] for d in seen[:4]] == [
+        {"status": "ok", "loss": -0.7}, {"status": "ok", "loss": -0.85}, {"status": "ok", "loss": -0.8},
+        {"status": "ok", "loss": -0.9, "pruned": True, "pruned_at": 1}]
+    assert seen[4] is docs[4] and seen[5] is docs[5]
+    assert at_highest_rung(docs, "max", min_trials=5) is docs  # no step is that full: unchanged
+    # a requeued trial's earlier run does not count
+    twice = _curve_doc(6, [0.1, 0.2, 0.3, 0.4], lease="old")
+    twice["curve"] += [{"step": 1, "value": 0.95, "lease": "new"}]
+    assert at_highest_rung(docs[:3] + [twice], "max", min_trials=3)[3]["result"] == {
+        "status": "ok", "loss": -0.95, "pruned": True, "pruned_at": 1}
+
+
+def test_fidelity_rung_search_runs_through_fmin_with_curves():
+    domain = Domain(lambda p: 0.0, {"x": hp.uniform("x", 0, 1)})
+    trials = Trials()
+    rng = np.random.default_rng(4)
+    for tid in range(30):
+        x = float(rng.random())
+        steps = 9 if tid % 3 == 0 else 3
+        values = [1 - abs(x - 0.3) - 0.5 / s for s in range(1, steps + 1)]
+        doc = new_docs(trials, domain, tid, {"x": x})[0]
+        doc.update(_curve_doc(tid, values, pruned_at=None if steps == 9 else 3))
+        trials.insert_trial_docs([doc])
+    trials.refresh()
+    algo = make_suggest(DEFAULT, {"fidelity": "rung", "goal": "max"})
+    xs = [algo([30 + i], domain, trials, i)[0]["misc"]["vals"]["x"][0] for i in range(15)]
+    assert sum(abs(x - 0.3) < 0.2 for x in xs) >= 9, xs
