@@ -7,17 +7,21 @@ trials per study, ``--workers`` workers, TPE after ``--startup`` random
 trials.  Arms, each run once per seed (the seed is the search's seed and the
 data split's, the same for every arm of a seed):
 
-* ``tpe``, ``asha``, ``median``: mongotune's real pool -- ``mongotune launch
+* ``default``, ``pruned``: mongotune's real pool -- ``mongotune launch
   baseline --workers K`` against an embedded server this benchmark starts,
-  with ``--pruner none|asha|median`` (asha: rungs at 1, 3, 9 epochs,
+  with the default search and ``--pruner none`` (``default``) or the default
+  pruner (``pruned``: no ``--pruner`` flag at all);
+* ``tpe``, ``asha``, ``median``: the same with hyperopt's TPE (``--algo
+  tpe``) and ``--pruner none|asha|median`` (asha: rungs at 1, 3, 9 epochs,
   reduction factor 3; median: from epoch ``--median-from``, once 4 other
-  trials got there).
+  trials got there), as measured before the default search changed.
 * ``optuna``: Optuna's TPESampler (``constant_liar=True``, the same number of
   random start-up trials) with its SuccessiveHalvingPruner (min resource 1,
   reduction factor 3: the same rungs), K worker processes sharing a journal
   file; each trial runs mongotune's own Keras trial code (the same model,
   data, epochs, early stopping) on the same space, reporting every epoch's
-  validation accuracy to Optuna.
+  validation accuracy to Optuna.  It trains the study of the first mongotune
+  arm of the same seed (same data split), so list one before it.
 
 For each run: every epoch's validation accuracy with its wall-clock time;
 "time to target" is the wall time from the study's first trial start until
@@ -57,7 +61,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 OPTUNA_WORKER = "_optuna_worker"
-ARMS = ("tpe", "asha", "median", "optuna")
+ARMS = ("default", "pruned", "optuna", "tpe", "asha", "median")
+MONGOTUNE_ARMS = {  # arm: launch flags (default / pruned: mongotune's default search; pruned: its default pruner)
+    "default": ["--pruner", "none"],
+    "pruned": [],
+    "tpe": ["--algo", "tpe", "--pruner", "none"],
+    "asha": ["--algo", "tpe", "--pruner", "asha", "--min-epochs", "1", "--reduction-factor", "3"],
+    "median": ["--algo", "tpe", "--pruner", "median"],
+}
 
 
 def _env(home: Path) -> dict:
@@ -104,9 +115,9 @@ def run_mongotune(arm: str, seed: int, args, url: str, home: Path) -> dict:
     import pymongo
 
     name = f"{arm}-s{seed}"
-    pruner = {"tpe": ["--pruner", "none"],
-              "asha": ["--pruner", "asha", "--min-epochs", "1", "--reduction-factor", "3"],
-              "median": ["--pruner", "median", "--min-epochs", str(args.median_from)]}[arm]
+    pruner = list(MONGOTUNE_ARMS[arm])
+    if arm == "median":
+        pruner += ["--min-epochs", str(args.median_from)]
     cmd = [sys.executable, "-m", "mongotune", "launch", "baseline", "--dataset", "digits", "--study", name,
            "--mongo", url, "--max-evals", str(args.trials), "--startup-trials", str(args.startup),
            "--workers", str(args.workers), "--epochs", str(args.epochs), "--patience", str(args.patience),
@@ -143,13 +154,13 @@ def run_mongotune(arm: str, seed: int, args, url: str, home: Path) -> dict:
                     pruned=sum(1 for d in docs if d["result"].get("pruned")))
 
 
-def run_optuna(seed: int, args, url: str, home: Path) -> dict:
+def run_optuna(seed: int, args, url: str, home: Path, study: str) -> dict:
     d = home / f"optuna-s{seed}"
     d.mkdir(parents=True, exist_ok=True)
     procs = []
     t = time.monotonic()
     for i in range(args.workers):
-        cmd = [sys.executable, __file__, OPTUNA_WORKER, "--dir", str(d), "--mongo", url, "--study", f"tpe-s{seed}",
+        cmd = [sys.executable, __file__, OPTUNA_WORKER, "--dir", str(d), "--mongo", url, "--study", study,
                "--seed", str(seed), "--index", str(i), "--trials", str(args.trials), "--startup", str(args.startup)]
         fh = open(d / f"worker-{i}.log", "wb")
         procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -255,18 +266,26 @@ def optuna_worker(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------- summary
+def _quantile(xs: list, q: float) -> float:
+    """Linear interpolation between order statistics; "never" (inf) wins any interpolation it is part of."""
+    pos = q * (len(xs) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    if math.isinf(xs[lo]) or math.isinf(xs[hi]):
+        return math.inf
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
 def spread(values: list) -> dict:
-    """median, min and max; None (not reached) counts as worse than any value, and is None again here."""
+    """median, quartiles, min and max; None (not reached) counts as worse than any value, and is None again here."""
     if not values:
         return {}
     xs = sorted(math.inf if v is None else v for v in values)
-    n = len(xs)
-    med = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
     def back(v):
         return None if math.isinf(v) else v
 
-    return {"median": back(med), "min": back(xs[0]), "max": back(xs[-1])}
+    return {"median": back(_quantile(xs, 0.5)), "q25": back(_quantile(xs, 0.25)), "q75": back(_quantile(xs, 0.75)),
+            "min": back(xs[0]), "max": back(xs[-1])}
 
 
 def summarize(runs: list[dict], arms: list[str]) -> dict:
@@ -278,11 +297,12 @@ def summarize(runs: list[dict], arms: list[str]) -> dict:
         out[arm] = {"seeds": len(rs), "reached": sum(r["reached"] for r in rs),
                     **{k: spread([r[k] for r in rs]) for k in
                        ("epochs_to_target", "s_to_target", "total_epochs", "total_s", "pruned", "best")}}
-    base = out.get("tpe")
+    ref = "default" if "default" in out else "tpe"  # the search without pruning
+    base = out.get(ref)
     for arm, s in out.items():
-        if base and arm != "tpe" and None not in (s["epochs_to_target"]["median"], base["epochs_to_target"]["median"]):
-            s["epochs_ratio_vs_tpe"] = round(s["epochs_to_target"]["median"] / base["epochs_to_target"]["median"], 3)
-            s["time_ratio_vs_tpe"] = round(s["s_to_target"]["median"] / base["s_to_target"]["median"], 3)
+        if base and arm != ref and None not in (s["epochs_to_target"]["median"], base["epochs_to_target"]["median"]):
+            s[f"epochs_ratio_vs_{ref}"] = round(s["epochs_to_target"]["median"] / base["epochs_to_target"]["median"], 3)
+            s[f"time_ratio_vs_{ref}"] = round(s["s_to_target"]["median"] / base["s_to_target"]["median"], 3)
     return out
 
 
@@ -290,9 +310,9 @@ def table(summary: dict, target: float) -> str:
     def mm(s, fmt):
         def f(v):
             return "never" if v is None else format(v, fmt)
-        return f"{f(s['median'])} [{f(s['min'])}, {f(s['max'])}]"
+        return f"{f(s['median'])} [{f(s['q25'])}, {f(s['q75'])}]"
 
-    lines = [f"target: best validation accuracy >= {target}; median [min, max] over seeds",
+    lines = [f"target: best validation accuracy >= {target}; median [quartiles] over seeds",
              f"{'arm':8s} {'reached':>8s} {'epochs to target':>22s} {'s to target':>24s} {'total epochs':>20s} "
              f"{'total s':>22s} {'pruned':>14s} {'best val':>24s}"]
     for arm, s in summary.items():
@@ -330,8 +350,10 @@ def main() -> int:
     if bad:
         print(f"error: unknown arm(s) {', '.join(bad)}; choose from {', '.join(ARMS)}", file=sys.stderr)
         return 2
-    if "optuna" in arms and "tpe" not in arms:
-        print("error: the optuna arm trains the tpe arm's study (same data split): add tpe", file=sys.stderr)
+    ours = [a for a in arms if a != "optuna"]
+    if "optuna" in arms and (not ours or arms.index("optuna") < arms.index(ours[0])):
+        print("error: the optuna arm trains the study of the first mongotune arm before it (same data split): "
+              "list one first", file=sys.stderr)
         return 2
     out_path = Path(args.out or HERE / "results" / ("pruning-quick.json" if args.quick else "pruning.json"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -364,7 +386,7 @@ def main() -> int:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for arm in arms:
                 home = tmp / "home"
-                r = (run_optuna(seed, args, url, home) if arm == "optuna"
+                r = (run_optuna(seed, args, url, home, f"{ours[0]}-s{seed}") if arm == "optuna"
                      else run_mongotune(arm, seed, args, url, home))
                 shutil.rmtree(home / "artifacts", ignore_errors=True)
                 runs.append(r)

@@ -105,9 +105,9 @@ functions; the store adds nothing to what they compute):
         --contenders default,nodedupe,optuna-tpe
 
 Writes bench/results/search.json (search-quick.json with --quick); with
-``--problems``, only the quality part runs (unless ``--only`` says more) and
-the results go to search-keras.json for keras-digits alone, else
-search-<problems>.json.
+``--only`` (and no ``--problems``), search-<parts>.json; with ``--problems``,
+only the quality part runs (unless ``--only`` says more) and the results go
+to search-keras.json for keras-digits alone, else search-<problems>.json.
 """
 
 from __future__ import annotations
@@ -862,8 +862,9 @@ def main(argv=None) -> int:
     ap.add_argument("--startup", type=int, default=None,
                     help="keras-digits: random start-up trials of every model-based search (default 6)")
     ap.add_argument("--out", default=None, help="JSON output (default bench/results/search.json, "
-                                                 "search-quick.json with --quick; with --problems: "
-                                                 "search-keras.json or search-<problems>.json)")
+                                                 "search-quick.json with --quick, search-<parts>.json with "
+                                                 "--only; with --problems: search-keras.json or "
+                                                 "search-<problems>.json)")
     args = ap.parse_args(argv)
     q = args.quick
     names = None
@@ -958,7 +959,9 @@ def main(argv=None) -> int:
         print("cost: CPU seconds of one suggestion", flush=True)
         result["cost_cpu_s"] = cost(q)
     result["wall_s"] = time.monotonic() - t0
-    if names is None:
+    if names is None and args.only:  # a partial run does not replace the full one
+        default = "search-" + "-".join(dict.fromkeys(parts)) + ("-quick.json" if q else ".json")
+    elif names is None:
         default = "search-quick.json" if q else "search.json"
     else:
         default = "search-keras" if names == ["keras-digits"] else "search-" + "-".join(names)
