@@ -75,7 +75,7 @@ def dashboard(host: str = typer.Option("127.0.0.1", "--host", help="Interface to
             out.print(f"dashboard on http://{shown}:{sock.getsockname()[1]}/ reading {redact(url)} "
                           "(read-only; Ctrl-C to stop)", highlight=False)
             try:
-                serve(db, sock, jobs=parsed.collection, poll_ms=int(poll * 1000))
+                serve(db, sock, jobs=parsed.collection, poll_ms=int(poll * 1000), host=host)
             finally:
                 client.close()
                 sock.close()

@@ -6,11 +6,20 @@ Routes (all GET; the app has no route that takes a body):
 * ``/api/studies``: every study with its counts and best trial, and the workers;
 * ``/api/study/{name}?since=G``: what changed after generation G (everything without ``since``);
 * ``/static/plotly.min.js`` (from the installed ``plotly`` package) and ``/static/dashboard.js``.
+
+Nothing from the database is markup: the page is a fixed shell (its title is
+escaped), ``dashboard.js`` puts every string in as text, and the chart
+builders escape what plotly would read as markup.  The page's Content-Security-
+Policy allows only the app's own scripts (no inline script, no event-handler
+attributes), as a second line.  Bound to loopback, the app serves only
+requests whose ``Host`` is a loopback name or the bound one (``net.HostCheck``:
+DNS rebinding).
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
 import socket
 import threading
@@ -18,17 +27,25 @@ import uuid
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import StudyNotFound
 from ..report.html import STYLE, plotly_js
+from .net import HostCheck, is_loopback
 from .readonly import ReadOnlyDatabase
 from .state import Dashboard, dumps
 
 log = logging.getLogger("mongotune.dashboard")
 STATIC = Path(__file__).with_name("static")
+# plotly.js compiles shaders and parcoords code with `new Function` (unsafe-eval) and sets inline styles
+CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: blob:; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 
 
 def _page(title: str, poll_ms: int, study: bool = False) -> str:
@@ -36,20 +53,24 @@ def _page(title: str, poll_ms: int, study: bool = False) -> str:
     preload = '<link rel="preload" href="/static/plotly.min.js" as="script">' if study else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title><style>{STYLE}
+<title>{html.escape(title)}</title><style>{STYLE}
 header nav a {{ margin-right:14px; }} #status {{ float:right; color:#b9c5d3; font-size:12px; }}
 #status.stale {{ color:#ffb4a8; }} .studies td a {{ font-weight:600; }} h2 .count {{ color:var(--muted); font-weight:400; }}
 </style>
 {preload}</head>
 <body><header><span id="status">connecting…</span><h1 id="title">mongotune</h1>
 <div class="sub" id="subtitle"><a href="/">all studies</a></div></header>
-<main id="app"></main>
-<script>window.MT_POLL_MS = {int(poll_ms)};</script>
+<main id="app" data-poll-ms="{int(poll_ms)}"></main>
 <script src="/static/dashboard.js"></script></body></html>"""
 
 
-def create_app(db, *, jobs: str = "jobs", poll_ms: int = 1000, warm: bool = True) -> Starlette:
-    """The dashboard over ``db`` (a pymongo ``Database``; it is wrapped read-only here)."""
+def create_app(db, *, jobs: str = "jobs", poll_ms: int = 1000, warm: bool = True,
+               host: str | None = None) -> Starlette:
+    """The dashboard over ``db`` (a pymongo ``Database``; it is wrapped read-only here).
+
+    ``host`` is the address it is bound to: loopback (or None) makes it check every request's ``Host``
+    header (``net.HostCheck``); any other address serves every name (it is reachable anyway).
+    """
     dash = Dashboard(ReadOnlyDatabase(db), jobs=jobs)
     boot = uuid.uuid4().hex[:8]
     js = (STATIC / "dashboard.js").read_text()
@@ -57,7 +78,8 @@ def create_app(db, *, jobs: str = "jobs", poll_ms: int = 1000, warm: bool = True
 
     def page(request: Request) -> HTMLResponse:
         name = request.path_params.get("name")
-        return HTMLResponse(_page(f"{name} · mongotune" if name else "mongotune dashboard", poll_ms, bool(name)))
+        return HTMLResponse(_page(f"{name} · mongotune" if name else "mongotune dashboard", poll_ms, bool(name)),
+                            headers=SECURITY_HEADERS)
 
     def static_plotly(request: Request) -> Response:
         if state["plotly"] is None:
@@ -66,7 +88,8 @@ def create_app(db, *, jobs: str = "jobs", poll_ms: int = 1000, warm: bool = True
                         headers={"Cache-Control": "public, max-age=86400"})
 
     def static_js(request: Request) -> Response:
-        return Response(js, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
+        return Response(js, media_type="application/javascript",
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
     def api_studies(request: Request) -> Response:
         data = dash.studies()
@@ -101,7 +124,8 @@ def create_app(db, *, jobs: str = "jobs", poll_ms: int = 1000, warm: bool = True
               Route("/api/study/{name}", api_study), Route("/static/plotly.min.js", static_plotly),
               Route("/static/dashboard.js", static_js),
               Route("/favicon.ico", lambda request: Response(status_code=204))]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(HostCheck, host=host)] if host is None or is_loopback(host) else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.dashboard = dash
     return app
 
@@ -113,10 +137,11 @@ def _warm(dash: Dashboard) -> None:
         log.warning("could not pre-read the studies: %s", exc)
 
 
-def serve(db, sock: socket.socket, *, jobs: str = "jobs", poll_ms: int = 1000) -> None:
-    """Serve the dashboard for ``db`` on the bound socket ``sock`` until interrupted (blocking)."""
+def serve(db, sock: socket.socket, *, jobs: str = "jobs", poll_ms: int = 1000, host: str | None = None) -> None:
+    """Serve the dashboard for ``db`` on the bound socket ``sock`` (bound to ``host``, by default the
+    socket's own address) until interrupted (blocking)."""
     import uvicorn
 
-    app = create_app(db, jobs=jobs, poll_ms=poll_ms)
+    app = create_app(db, jobs=jobs, poll_ms=poll_ms, host=host or sock.getsockname()[0])
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])

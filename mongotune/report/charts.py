@@ -7,6 +7,14 @@ into a PNG.  Plain dicts rather than ``plotly.graph_objects`` keep a rebuild
 at 1,000 trials cheap (no validation pass); the tests validate every figure
 with ``plotly.graph_objects.Figure``.  A chart with nothing to draw yet says
 why in its figure instead of failing.
+
+plotly.js reads its text (titles, tick labels, hover text, annotations) as a
+small HTML dialect (``<b>``, ``<br>``, ``<a href>``) and decodes entities, so
+every string from the database that goes into a figure passes through ``_t``
+(``&``, ``<``, ``>`` as entities: shown literally).  Parallel coordinates' tick
+labels are the exception: plotly.js puts them in as plain text, so they are
+left as they are.  ``Chart.title``, ``note`` and ``empty`` stay plain text: the
+pages put them in as text (``write_pngs`` escapes them for plotly).
 """
 
 from __future__ import annotations
@@ -51,10 +59,15 @@ def _layout(height: int = 380, **kw) -> dict:
 
 def _empty(key: str, title: str, message: str, height: int = 220) -> Chart:
     fig = {"data": [], "layout": _layout(height, xaxis={"visible": False}, yaxis={"visible": False},
-                                         annotations=[{"text": message, "showarrow": False, "xref": "paper",
+                                         annotations=[{"text": _t(message), "showarrow": False, "xref": "paper",
                                                        "yref": "paper", "x": 0.5, "y": 0.5,
                                                        "font": {"size": 14, "color": "#6b7785"}}])}
     return Chart(key, title, fig, empty=message)
+
+
+def _t(v: Any) -> str:
+    """``v`` as plotly.js text that shows literally (its markup characters as entities)."""
+    return str(v).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _iso(t: datetime.datetime | None) -> str | None:
@@ -196,7 +209,7 @@ def history_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
         return xs, ys
 
     def text(r):  # hover: the tid and, for failed trials, why
-        return f"trial {r.tid}" + (f" {r.state}<br>{r.failure['kind']}: {r.failure['reason'][:80]}"
+        return f"trial {r.tid}" + (f" {r.state}<br>{_t(r.failure['kind'])}: {_t(r.failure['reason'][:80])}"
                                    if r.failure else (" pruned" if r.state == "pruned" else ""))
 
     data = []
@@ -272,7 +285,7 @@ def parallel_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
                 na = lo - 0.12 * ((hi - lo) or 1.0)
                 vals = [na if v is None else v for v in vals]
                 tv, tt, lo = [na] + tv, ["n/a"] + tt, na
-            dims.append({"label": p.name + (" (log)" if p.log else ""), "values": vals, "range": [lo, hi],
+            dims.append({"label": _t(p.name) + (" (log)" if p.log else ""), "values": vals, "range": [lo, hi],
                          "tickvals": tv, "ticktext": tt})
         else:
             cats = list(p.categories or [])
@@ -280,14 +293,15 @@ def parallel_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
                 cats.append("n/a")
             index = {c: i for i, c in enumerate(cats)}
             vals = [index["n/a" if v is None else v] for v in p.values]
-            dims.append({"label": p.name, "values": vals, "range": [-0.5, len(cats) - 0.5] if len(cats) > 1 else
+            # parcoords tick labels are plain text in plotly.js (no markup read): not escaped
+            dims.append({"label": _t(p.name), "values": vals, "range": [-0.5, len(cats) - 0.5] if len(cats) > 1 else
                          [-1, 1], "tickvals": list(range(len(cats))), "ticktext": cats})
     metric = [r.metric for r in fin]
-    dims.append({"label": info.metric, "values": metric})
+    dims.append({"label": _t(info.metric), "values": metric})
     trace = {"type": "parcoords", "dimensions": dims,
              "domain": {"x": [0, 0.9]},
              "line": {"color": metric, **_colorscale(info), "showscale": True,
-                      "colorbar": {"title": {"text": info.metric}, "thickness": 12, "x": 0.97}},
+                      "colorbar": {"title": {"text": _t(info.metric)}, "thickness": 12, "x": 0.97}},
              "labelangle": -20, "labelside": "top"}
     layout = _layout(420, margin={"l": 70, "r": 30, "t": 90, "b": 30})
     layout.pop("xaxis"), layout.pop("yaxis")
@@ -321,18 +335,19 @@ def slice_chart(info: StudyInfo, rows: list[TrialRow], cols: int = 3) -> Chart:
         x0 = c * (w + gx)
         y1 = 1 - rr * (h + gy)
         layout[f"xaxis{n}"] = {**_AXIS, "domain": [x0, x0 + w], "anchor": f"y{n}",
-                               "title": {"text": p.name, "standoff": 4},
+                               "title": {"text": _t(p.name), "standoff": 4},
                                **({"type": "log"} if p.numeric and p.log else {}),
-                               **({} if p.numeric else {"type": "category", "categoryorder": "array",
-                                                        "categoryarray": list(p.categories or []) + ["n/a"]})}
+                               **({} if p.numeric else {
+                                   "type": "category", "categoryorder": "array",
+                                   "categoryarray": [_t(c) for c in p.categories or []] + ["n/a"]})}
         layout[f"yaxis{n}"] = {**_AXIS, "domain": [max(0.0, y1 - h), y1], "anchor": f"x{n}",
-                               **({"title": {"text": info.metric}} if c == 0 else {})}
+                               **({"title": {"text": _t(info.metric)}} if c == 0 else {})}
         keep = [j for j, v in enumerate(p.values) if v is not None or not p.numeric]
         for pruned in (False, True):
             idx = [j for j in keep if is_pruned[j] == pruned]
             if not idx:
                 continue
-            xs = [p.values[j] if p.values[j] is not None else "n/a" for j in idx]
+            xs = [("n/a" if p.values[j] is None else p.values[j] if p.numeric else _t(p.values[j])) for j in idx]
             marker = ({"color": COLORS["pruned"], "symbol": "triangle-down", "size": 7} if pruned else
                       {"color": [tids[j] for j in idx], "colorscale": "Blues", "cmin": min(tids),
                        "cmax": max(tids) if max(tids) > min(tids) else min(tids) + 1, "size": 7, "opacity": 0.8,
@@ -342,9 +357,10 @@ def slice_chart(info: StudyInfo, rows: list[TrialRow], cols: int = 3) -> Chart:
             data.append({"type": "scattergl" if gl else "scatter", "mode": "markers", "x": xs,
                          "y": [fin[j].metric for j in idx], "xaxis": f"x{n}", "yaxis": f"y{n}",
                          "name": "pruned" if pruned else "trials", "marker": marker,
-                         "customdata": [tids[j] for j in idx],
-                         "hovertemplate": f"trial %{{customdata}}{' (pruned)' if pruned else ''}<br>{p.name} "
-                                          f"%{{x}}<br>{info.metric} %{{y:.4g}}<extra></extra>"})
+                         "customdata": [tids[j] for j in idx], "meta": [_t(p.name), _t(info.metric)],
+                         # names go in through meta: in the template itself "%{...}" would be read
+                         "hovertemplate": f"trial %{{customdata}}{' (pruned)' if pruned else ''}<br>%{{meta[0]}} "
+                                          "%{x}<br>%{meta[1]} %{y:.4g}<extra></extra>"})
     note = f"{len(fin)} trials; colour: trial number (later trials darker)"
     if constants:
         note += "; constant: " + ", ".join(f"{k}={_fmt(v)}" for k, v in constants.items())
@@ -383,7 +399,7 @@ def curves_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
             ends = [(r.curve[-1]["step"] if r.pruned_at is None else r.pruned_at, r.curve[-1]["value"], r.tid)
                     for r in seq]
             data.append({"type": "scatter", "mode": "markers", "name": "pruned here", "x": [e[0] for e in ends],
-                         "y": [e[1] for e in ends], "text": [f"trial {e[2]} pruned at step {e[0]}" for e in ends],
+                         "y": [e[1] for e in ends], "text": [f"trial {e[2]} pruned at step {_t(e[0])}" for e in ends],
                          "hoverinfo": "text", "marker": {"symbol": "x", "size": 8, "color": COLORS["pruned"],
                                                          "line": {"width": 1, "color": "#555"}}})
     if best is not None and best.curve:
@@ -392,7 +408,8 @@ def curves_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
                      "line": {"color": COLORS["best"], "width": 3}, "marker": {"size": 5},
                      "hovertemplate": f"trial {best.tid} (best)<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>"})
     layout = _layout(380, xaxis={**_AXIS, "title": {"text": "epoch"}},
-                     yaxis={**_AXIS, "title": {"text": info.metric if info.metric != "loss" else "monitored metric"}})
+                     yaxis={**_AXIS, "title": {"text": _t(info.metric) if info.metric != "loss" else
+                                               "monitored metric"}})
     note = f"{len(with_curve)} trials with per-epoch values"
     return Chart("curves", title, {"data": data, "layout": layout}, note=note)
 
@@ -444,11 +461,11 @@ def importance_chart(info: StudyInfo, rows: list[TrialRow], importances: dict | 
     if isinstance(imp, str):
         return _empty("importance", title, imp)
     items = sorted(imp.items(), key=lambda kv: kv[1])
-    trace = {"type": "bar", "orientation": "h", "x": [v for _, v in items], "y": [k for k, _ in items],
+    trace = {"type": "bar", "orientation": "h", "x": [v for _, v in items], "y": [_t(k) for k, _ in items],
              "marker": {"color": COLORS["ok"]}, "text": [f"{v:.0%}" for _, v in items], "textposition": "outside",
              "hovertemplate": "%{y}: %{x:.1%}<extra></extra>", "cliponaxis": False}
     layout = _layout(max(220, 60 + 28 * len(items)), showlegend=False,
-                     xaxis={**_AXIS, "title": {"text": f"share of {info.metric} explained"}, "tickformat": ".0%",
+                     xaxis={**_AXIS, "title": {"text": f"share of {_t(info.metric)} explained"}, "tickformat": ".0%",
                             "range": [0, max(v for _, v in items) * 1.18]},
                      yaxis={**_AXIS, "automargin": True}, margin={"l": 120, "r": 30, "t": 16, "b": 48})
     n = len(_finished(rows))
@@ -514,13 +531,13 @@ def timeline_chart(info: StudyInfo, rows: list[TrialRow], now: datetime.datetime
             lanes.add(_lane(r))
             xs.append(round(dur * 1000.0, 1))
             base.append(_iso(r.started))
-            ys.append(_lane(r))
+            ys.append(_t(_lane(r)))
             tx.append(f"trial {r.tid} ({state}) {dur:.1f}s")
         if xs:
             data.append({"type": "bar", "orientation": "h", "name": state, "x": xs, "base": base, "y": ys,
                          "text": tx, "hoverinfo": "text", "textposition": "none",
                          "marker": {"color": COLORS[state], "line": {"width": 0.6, "color": "#ffffff"}}})
-    order = sorted(lanes, reverse=True)
+    order = [_t(lane) for lane in sorted(lanes, reverse=True)]
     layout = _layout(max(200, 90 + 34 * len(order)), barmode="overlay", bargap=0.25,
                      xaxis={**_AXIS, "type": "date", "title": {"text": "time (UTC)"}},
                      yaxis={**_AXIS, "type": "category", "categoryorder": "array", "categoryarray": order},
@@ -549,7 +566,7 @@ def confusion_chart(info: StudyInfo) -> Chart | None:
     cm = final.get("confusion_matrix")
     if not isinstance(cm, list) or not cm or not all(isinstance(r, list) for r in cm):
         return None
-    names = [str(c) for c in (final.get("class_names") or range(len(cm)))]
+    names = [_t(c) for c in (final.get("class_names") or range(len(cm)))]
     totals = [max(1, sum(r)) for r in cm]
     z = [[v / totals[i] for v in r] for i, r in enumerate(cm)]
     trace = {"type": "heatmap", "z": z, "x": names, "y": names, "colorscale": "Blues", "zmin": 0, "zmax": 1,

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .. import paths
+from .. import paths, safepath
 from ..errors import ConfigError
 from ..store import open_client
 from ..store.studies import Study, StudyStore
@@ -58,7 +58,7 @@ def plan_final(url: str, name: str, tid: int | None = None, out_dir: str | Path 
             if not ranked:
                 raise ConfigError(f"study {name!r} has no successful trial yet")
             trial = ranked[0]
-        out = Path(out_dir) if out_dir else paths.artifacts_dir() / name / "final"
+        out = Path(out_dir) if out_dir else safepath.study_dir(paths.artifacts_dir(), study.name) / "final"
         return FinalPlan(url, study, trial, out)
     finally:
         client.close()
@@ -157,11 +157,12 @@ def run_final(plan: FinalPlan, progress: Callable[[str], None] | None = None) ->
             "validation_accuracy": trial["result"].get("val_accuracy"), "train_seconds": round(train_s, 2),
             "model_path": str(model_path), "report_path": str(out / "classification_report.txt"),
             "confusion_matrix_path": str(out / "confusion_matrix.png"),
+            # kept on the study itself, so `report` shows them without reading files the document names
+            "report_text": report_txt, "confusion_matrix": cm.tolist(), "class_names": names,
             "created": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None),
         }
         (out / "final.json").write_text(json.dumps(summary, indent=2, default=str))
         store.update(name, final=summary)
-        summary["report_text"] = report_txt
         return summary
     finally:
         client.close()

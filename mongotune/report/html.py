@@ -3,17 +3,27 @@
 The file embeds plotly.js (from the installed ``plotly`` package), its
 styles and every figure's data, so it opens offline from disk: no CDN, no
 server.  PNGs are drawn by kaleido, which drives the system's Chromium.
+
+Every string from the database is escaped here (``_esc``) or by the chart
+builders (``charts._t``), and the file carries a Content-Security-Policy that
+runs only its own inline scripts (by hash: no event-handler attribute, no
+other script) and loads nothing from the network.  Files named by the study
+document (``final.report_path``, ``final.confusion_matrix_path``) are embedded
+only from the study's own artifact directory (``embed_roots``).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import paths, safepath
+from ..errors import ConfigError
 from .charts import Chart, build_charts, failure_rows, summary
 from .study_data import StudyInfo, TrialRow, load_study_data, server_now
 
@@ -79,6 +89,44 @@ def _json(obj) -> str:
     return json.dumps(obj, default=default, separators=(",", ":")).replace("</", "<\\/")
 
 
+MAX_TEXT_BYTES = 1_000_000  # a classification report embedded from disk
+MAX_PNG_BYTES = 20_000_000  # a confusion matrix image embedded from disk
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def embed_roots(info: StudyInfo) -> list[Path]:
+    """The directories whose files the report of ``info`` may embed: the study's own directory under
+    this machine's artifact root, and under the study's shared root when ``$MONGOTUNE_ALLOWED_ROOTS``
+    trusts it (the study document, which anyone with write access can change, names that root)."""
+    roots = [paths.artifacts_dir()]
+    if info.artifacts_root and safepath.inside(info.artifacts_root, safepath.env_allowed_roots()):
+        roots.append(Path(info.artifacts_root))
+    out = []
+    for root in roots:
+        try:
+            out.append(safepath.study_dir(root, info.name))
+        except ConfigError:
+            continue
+    return out
+
+
+def _read_embeddable(path, roots: list[Path], limit: int) -> tuple[bytes | None, str | None]:
+    """``(data, None)`` for a regular file inside ``roots`` of at most ``limit`` bytes, else ``(None, why)``."""
+    p = safepath.inside(str(path), roots)
+    if p is None:
+        return None, f"not embedded: {path} is outside the study's artifact directory"
+    try:
+        if not p.is_file():
+            return None, f"not found at {path}"
+        with open(p, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError:
+        return None, f"not found at {path}"
+    if len(data) > limit:
+        return None, f"not embedded: {path} is larger than {limit:,} bytes"
+    return data, None
+
+
 def _esc(v) -> str:
     return html.escape("" if v is None else str(v))
 
@@ -107,48 +155,67 @@ def _failure_table(rows: list[TrialRow]) -> str:
     fails = failure_rows(rows)
     if not fails:
         return '<p class="empty">no failed trials</p>'
-    body = "".join(f"<tr><td class=num>{f['tid']}</td><td>{_esc(f['kind'])}</td><td>{_esc(f['reason'])}</td>"
-                   f"<td>{_esc(f['worker'] or '-')}</td><td class=num>{f['attempts']}</td></tr>" for f in fails)
+    body = "".join(f"<tr><td class=num>{_esc(f['tid'])}</td><td>{_esc(f['kind'])}</td><td>{_esc(f['reason'])}</td>"
+                   f"<td>{_esc(f['worker'] or '-')}</td><td class=num>{_esc(f['attempts'])}</td></tr>" for f in fails)
     return ("<table><thead><tr><th>trial</th><th>kind</th><th>reason</th><th>worker</th><th>attempts</th>"
             f"</tr></thead><tbody>{body}</tbody></table>")
 
 
-def _final_section(info: StudyInfo, charts: list[Chart]) -> str:
+def _report_text(final: dict, roots: list[Path]) -> str:
+    """The classification report: as ``final`` recorded it, else from its file (inside ``roots`` only)."""
+    text = final.get("report_text")
+    if isinstance(text, str) and text:
+        return f"<pre>{_esc(text)}</pre>"
+    if isinstance(final.get("classification_report"), dict):
+        return f"<pre>{_esc(json.dumps(final['classification_report'], indent=1))}</pre>"
+    if not final.get("report_path"):
+        return '<p class="empty">no classification report recorded</p>'
+    data, why = _read_embeddable(final["report_path"], roots, MAX_TEXT_BYTES)
+    if data is None:
+        return f'<p class="empty">classification report {_esc(why)}</p>'
+    return f"<pre>{_esc(data.decode('utf-8', errors='replace'))}</pre>"
+
+
+def _confusion_png(final: dict, roots: list[Path]) -> str:
+    png = final.get("confusion_matrix_path")
+    if not png:
+        return ""
+    data, why = _read_embeddable(png, roots, MAX_PNG_BYTES)
+    if data is not None and not data.startswith(PNG_MAGIC):
+        data, why = None, f"not embedded: {png} is not a PNG image"
+    if data is None:
+        return f'<p class="empty">confusion matrix {_esc(why)}</p>'
+    return (f'<img id="confusion-png" alt="confusion matrix" style="max-width:100%" '
+            f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+
+
+def _final_section(info: StudyInfo, charts: list[Chart], roots: list[Path]) -> str:
     final = info.final
-    if not final:
+    if not isinstance(final, dict) or not final:
         return ""
     parts = [f"<p>trial {_esc(final.get('tid'))} retrained on {_esc(final.get('train_images'))} images for "
              f"{_esc(final.get('epochs'))} epoch(s); test accuracy <b>{_fmt(final.get('test_accuracy'), 4)}</b>"
              + (f" (validation {_fmt(final.get('validation_accuracy'), 4)})"
-                if final.get("validation_accuracy") is not None else "") + "</p>"]
-    text = final.get("report_text")
-    if not text and final.get("report_path"):
-        try:
-            text = Path(final["report_path"]).read_text()
-        except OSError:
-            text = None
-    if isinstance(final.get("classification_report"), dict) and not text:
-        text = json.dumps(final["classification_report"], indent=1)
-    parts.append(f"<pre>{_esc(text)}</pre>" if text else
-                 f'<p class="empty">classification report not found at {_esc(final.get("report_path"))}</p>')
+                if final.get("validation_accuracy") is not None else "") + "</p>", _report_text(final, roots)]
     if not any(c.key == "confusion" for c in charts):
-        png = final.get("confusion_matrix_path")
-        try:
-            data = base64.b64encode(Path(png).read_bytes()).decode() if png else None
-        except OSError:
-            data = None
-        if data:
-            parts.append(f'<img id="confusion-png" alt="confusion matrix" style="max-width:100%" '
-                         f'src="data:image/png;base64,{data}">')
-        elif png:
-            parts.append(f'<p class="empty">confusion matrix not found at {_esc(png)}</p>')
+        parts.append(_confusion_png(final, roots))
     return ('<section class="block wide" id="final"><h2>Final test (mongotune final)</h2>'
             + "".join(parts) + "</section>")
 
 
+def _csp(*scripts: str) -> str:
+    """A policy that runs exactly these inline scripts (by hash) and fetches nothing over the network;
+    plotly.js needs eval (parcoords' WebGL code) and inline styles."""
+    hashes = " ".join("'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+                      for s in scripts)
+    return (f"default-src 'none'; script-src {hashes} 'unsafe-eval'; style-src 'unsafe-inline'; "
+            "img-src data: blob:; font-src data:; worker-src blob:; base-uri 'none'; form-action 'none'")
+
+
 def render_report(info: StudyInfo, rows: list[TrialRow], *, now: datetime.datetime | None = None,
-                  charts: list[Chart] | None = None) -> str:
-    """The whole report as one HTML document (plotly.js, styles and data inline)."""
+                  charts: list[Chart] | None = None, roots: list[Path] | None = None) -> str:
+    """The whole report as one HTML document (plotly.js, styles and data inline); files the study names
+    are embedded only from ``roots`` (default ``embed_roots(info)``)."""
     now = now or datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     charts = charts if charts is not None else build_charts(info, rows, now)
     s = summary(info, rows, now)
@@ -160,25 +227,28 @@ def render_report(info: StudyInfo, rows: list[TrialRow], *, now: datetime.dateti
                         f'<div class="plot" id="plot-{c.key}" data-empty="{_esc(c.empty or "")}"></div></section>')
     sections.append('<section class="block wide" id="failures"><h2>Failed trials</h2>'
                     + _failure_table(rows) + "</section>")
-    final = _final_section(info, charts)
+    final = _final_section(info, charts, embed_roots(info) if roots is None else roots)
     sub = " · ".join(_esc(x) for x in (f"objective {info.objective}", info.model and f"model {info.model}",
                                         info.dataset and f"dataset {info.dataset}",
                                         f"metric {info.metric} ({info.goal})", info.status and f"status {info.status}",
                                         f"generated {now:%Y-%m-%d %H:%M} UTC") if x)
     figures = {c.key: c.figure for c in charts}
+    lib = plotly_js()
+    draw = f"""{RENDER_JS}
+var MT_FIGURES = {_json(figures)};
+Object.keys(MT_FIGURES).forEach(function (k) {{ mtRender(document.getElementById('plot-' + k), MT_FIGURES[k]); }});
+"""
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy" content="{_csp(lib, draw)}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>mongotune report: {_esc(info.name)}</title><style>{STYLE}</style>
-<script>{plotly_js()}</script></head>
+<script>{lib}</script></head>
 <body><header><h1>Study {_esc(info.name)}</h1><div class="sub">{sub}</div></header>
 <main><div class="cards">{_cards(info, rows, s)}</div>
 <div class="grid">{''.join(sections)}{final}</div>
 <footer>mongotune report · {len(rows)} trials · charts by plotly.js, embedded: this file needs no network</footer>
 </main>
-<script>{RENDER_JS}
-var MT_FIGURES = {_json(figures)};
-Object.keys(MT_FIGURES).forEach(function (k) {{ mtRender(document.getElementById('plot-' + k), MT_FIGURES[k]); }});
-</script></body></html>
+<script>{draw}</script></body></html>
 """
 
 
@@ -192,7 +262,8 @@ def write_pngs(charts: list[Chart], png_dir: str | Path, *, width: int = 1100, s
     figs = []
     for c in charts:
         fig = json.loads(_json(c.figure))  # datetimes as ISO strings, as the browser gets them
-        fig["layout"]["title"] = {"text": c.title + (f"<br><sup>{html.escape(c.note)}</sup>" if c.note else ""),
+        fig["layout"]["title"] = {"text": html.escape(c.title, quote=False)
+                                  + (f"<br><sup>{html.escape(c.note, quote=False)}</sup>" if c.note else ""),
                                   "x": 0.01}
         fig["layout"]["margin"] = {**fig["layout"].get("margin", {}), "t": 140 if c.key == "parallel" else 70}
         figs.append(fig)
@@ -212,6 +283,7 @@ class ReportFiles:
 def write_report(db, name: str, out: str | Path | None = None, png_dir: str | Path | None = None, *,
                  jobs: str = "jobs") -> ReportFiles:
     """Read study ``name`` from ``db`` and write its report (and PNGs with ``png_dir``)."""
+    safepath.check_study_name(name)
     info, rows = load_study_data(db, name, jobs=jobs)
     now = server_now(db)
     charts = build_charts(info, rows, now)

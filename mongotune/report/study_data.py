@@ -45,6 +45,7 @@ class StudyInfo:
     final: dict | None = None  # from `mongotune final`: test_accuracy, report text/dict, confusion_matrix_path
     model: str | None = None
     dataset: str | None = None
+    artifacts_root: str | None = None  # the study's shared artifact root, as its document names it
 
     @property
     def exp_key(self) -> str:
@@ -100,8 +101,10 @@ def study_info(doc: dict) -> StudyInfo:
     return StudyInfo(
         name=study.name, objective=study.kind, metric=str(study.metric.get("name") or "loss"),
         goal="max" if study.goal == "max" else "min", max_evals=study.max_evals, status=study.status,
-        created=study.created, space=study.space, final=study.final, model=objective.get("model"),
+        created=study.created, space=study.space, final=study.final if isinstance(study.final, dict) else None,
+        model=objective.get("model"),
         dataset=dataset.get("name") if isinstance(dataset, dict) else dataset,
+        artifacts_root=study.artifacts_root if isinstance(study.artifacts_root, str) else None,
     )
 
 

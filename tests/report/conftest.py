@@ -101,7 +101,7 @@ def edge_studies(mongo_server, tmp_path_factory):
 class LiveDashboard:
     """The dashboard app served by uvicorn in a thread, over a client that records every command it sends."""
 
-    def __init__(self, url: str, poll_ms: int = 500):
+    def __init__(self, url: str, poll_ms: int = 500, app_host: str | None = None):
         import pymongo
         from pymongo import monitoring
 
@@ -130,7 +130,9 @@ class LiveDashboard:
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.base = f"http://127.0.0.1:{self.port}"
-        self.app = app = create_app(self.client[parsed.database], jobs=parsed.collection, poll_ms=poll_ms)
+        # app_host: the address the app is told it listens on (it decides whether Host headers are checked)
+        self.app = app = create_app(self.client[parsed.database], jobs=parsed.collection, poll_ms=poll_ms,
+                                    host=app_host)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()

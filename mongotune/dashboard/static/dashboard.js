@@ -1,62 +1,84 @@
 // mongotune dashboard: polls the JSON API and redraws what changed (no page reloads).
 // /            -> the study list (/api/studies)
 // /study/NAME  -> one study (/api/study/NAME?since=GEN: only rows and charts changed after GEN)
+// Every string from the database goes onto the page as text (el() builds nodes; nothing here sets
+// innerHTML), so a name, value, reason or output line that looks like HTML shows as what it is.
 (function () {
   'use strict';
-  var POLL_MS = window.MT_POLL_MS || 1000;
-  var CONFIG = { displaylogo: false, responsive: true };
   var app = document.getElementById('app');
+  var POLL_MS = Number(app.dataset.pollMs) || 1000;
+  var CONFIG = { displaylogo: false, responsive: true };
   var statusEl = document.getElementById('status');
   var MT = window.mtState = { gen: 0, boot: null, rows: new Map(), updates: 0, lastUpdateMs: null,
                               lastFetchMs: null, lastRenderMs: null, firstRenderMs: null, errors: 0,
                               rowUpdates: 0, lastRowsUpdateMs: null, chartUpdates: 0, lastChartsUpdateMs: null,
                               plotlyMs: null, tablesAt: null, fetchAt: null };
 
-  function esc(v) {
-    return String(v === null || v === undefined ? '' : v).replace(/[&<>"']/g, function (c) {
-      return { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c];
+  // el('td', {class: 'num'}, 'text', node, ...): an element; strings and numbers become text nodes
+  function el(tag, attrs) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) {
+      var v = attrs[k];
+      if (v === null || v === undefined || v === false) return;
+      if (k === 'class') node.className = String(v); else node.setAttribute(k, String(v));
     });
+    for (var i = 2; i < arguments.length; i++) add(node, arguments[i]);
+    return node;
   }
-  function num(v, d) { return (typeof v === 'number') ? (Math.abs(v) >= 1e4 || v === Math.round(v) ? String(v) : v.toPrecision(d || 4)) : (v === null || v === undefined ? '-' : esc(v)); }
+  function add(node, kid) {
+    if (kid === null || kid === undefined) return;
+    if (Array.isArray(kid)) kid.forEach(function (k) { add(node, k); });
+    else node.appendChild(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  }
+  function text(v) { return v === null || v === undefined ? '' : String(v); }
+  function num(v, d) { return (typeof v === 'number') ? (Math.abs(v) >= 1e4 || v === Math.round(v) ? String(v) : v.toPrecision(d || 4)) : (v === null || v === undefined ? '-' : text(v)); }
   function age(s) { return (typeof s === 'number') ? (s < 90 ? s.toFixed(1) + ' s' : (s / 60).toFixed(1) + ' min') : '-'; }
-  function badge(s) { return '<span class="state ' + esc(s) + '">' + esc(s) + '</span>'; }
+  // a state is one of a few known words; anything else gets no colour class
+  var STATES = { ok: 1, failed: 1, running: 1, pruned: 1, queued: 1, idle: 1, lost: 1, stopped: 1 };
+  function badge(s) { return el('span', { class: 'state' + (STATES[s] ? ' ' + s : '') }, text(s)); }
+  function td(v, cls) { return el('td', { class: cls }, v); }
   function table(id, head, rows, empty) {
-    if (!rows.length) return '<p class="empty" id="' + id + '">' + esc(empty) + '</p>';
-    return '<table id="' + id + '"><thead><tr>' + head.map(function (h) { return '<th>' + esc(h) + '</th>'; }).join('') +
-      '</tr></thead><tbody>' + rows.join('') + '</tbody></table>';
+    if (!rows.length) return el('p', { class: 'empty', id: id }, empty);
+    return el('table', { id: id }, el('thead', null, el('tr', null, head.map(function (h) { return el('th', null, text(h)); }))),
+      el('tbody', null, rows));
   }
-  function setStatus(text, stale) { statusEl.textContent = text; statusEl.className = stale ? 'stale' : ''; }
+  // the children of #id become exactly these nodes (strings: text nodes)
+  function fill(id) { var node = document.getElementById(id); node.replaceChildren.apply(node, [].slice.call(arguments, 1)); }
+  function setStatus(msg, stale) { statusEl.textContent = msg; statusEl.className = stale ? 'stale' : ''; }
   function fmtParams(p) {
     var out = [];
     (function walk(o, pre) {
       Object.keys(o || {}).forEach(function (k) {
         var v = o[k];
         if (v && typeof v === 'object' && !Array.isArray(v)) walk(v, pre + k + '.');
-        else out.push(pre + k + '=' + (typeof v === 'number' ? num(v, 3) : esc(v)));
+        else out.push(pre + k + '=' + (typeof v === 'number' ? num(v, 3) : text(v)));
       });
     })(p, '');
     return out.join(', ');
   }
-  function worker(w) { return w ? esc(w.host || w.id) + (w.gpu !== null && w.gpu !== undefined && w.gpu !== '' ? ' · GPU ' + esc(w.gpu) : '') : '-'; }
+  function worker(w) { return w ? text(w.host || w.id) + (w.gpu !== null && w.gpu !== undefined && w.gpu !== '' ? ' · GPU ' + text(w.gpu) : '') : '-'; }
 
   // ------------------------------------------------------------ study list
   function studiesPage() {
     document.getElementById('title').textContent = 'mongotune studies';
-    app.innerHTML = '<section class="block wide"><h2>Studies</h2><div id="studies">loading…</div></section>' +
-      '<section class="block wide" style="margin-top:16px"><h2>Workers</h2><div id="workers"></div></section>';
+    app.replaceChildren(
+      el('section', { class: 'block wide' }, el('h2', null, 'Studies'), el('div', { id: 'studies' }, 'loading…')),
+      el('section', { class: 'block wide', style: 'margin-top:16px' }, el('h2', null, 'Workers'), el('div', { id: 'workers' })));
     function tick() {
       fetch('/api/studies', { cache: 'no-store' }).then(function (r) { return r.json(); }).then(function (d) {
         var rows = d.studies.map(function (s) {
           var c = s.counts || {};
-          return '<tr id="study-' + esc(s.name) + '"><td><a href="/study/' + encodeURIComponent(s.name) + '">' + esc(s.name) + '</a></td><td>' +
-            esc(s.objective) + (s.model ? ' / ' + esc(s.model) : '') + '</td><td>' + esc(s.status) + '</td><td class=num>' +
-            ((c.ok || 0) + (c.failed || 0) + (c.pruned || 0)) + ' / ' + esc(s.max_evals) + '</td><td class=num>' + (c.running || 0) +
-            '</td><td class=num>' + (c.failed || 0) + '</td><td class=num>' + (s.best ? num(s.best.metric) + ' (trial ' + s.best.tid + ')' : '-') +
-            '</td><td>' + esc(s.metric) + '</td><td class=num>' + (typeof s.utilisation === 'number' ? Math.round(s.utilisation * 100) + '%' : '-') + '</td></tr>';
+          return el('tr', { id: 'study-' + text(s.name) },
+            td(el('a', { href: '/study/' + encodeURIComponent(text(s.name)) }, text(s.name))),
+            td(text(s.objective) + (s.model ? ' / ' + text(s.model) : '')), td(text(s.status)),
+            td(((c.ok || 0) + (c.failed || 0) + (c.pruned || 0)) + ' / ' + text(s.max_evals), 'num'),
+            td(num(c.running || 0), 'num'), td(num(c.failed || 0), 'num'),
+            td(s.best ? num(s.best.metric) + ' (trial ' + text(s.best.tid) + ')' : '-', 'num'), td(text(s.metric)),
+            td(typeof s.utilisation === 'number' ? Math.round(s.utilisation * 100) + '%' : '-', 'num'));
         });
-        document.getElementById('studies').innerHTML = table('studies-table',
-          ['study', 'objective / model', 'status', 'finished', 'running', 'failed', 'best', 'metric', 'utilisation'], rows, 'no studies yet');
-        document.getElementById('workers').innerHTML = workersTable(d.workers);
+        fill('studies', table('studies-table',
+          ['study', 'objective / model', 'status', 'finished', 'running', 'failed', 'best', 'metric', 'utilisation'], rows, 'no studies yet'));
+        fill('workers', workersTable(d.workers));
         setStatus('updated ' + new Date().toLocaleTimeString(), false);
       }).catch(function (e) { MT.errors++; setStatus('dashboard unreachable: ' + e, true); })
         .then(function () { setTimeout(tick, Math.max(POLL_MS, 2000)); });
@@ -66,9 +88,10 @@
 
   function workersTable(ws) {
     var rows = (ws || []).map(function (w) {
-      var cur = w.current ? esc(w.current.study) + ' #' + esc(w.current.tid) : '-';
-      return '<tr><td>' + esc(w.host) + '</td><td class=num>' + esc(w.pid) + '</td><td>' + (w.gpu === null || w.gpu === undefined ? 'cpu' : 'GPU ' + esc(w.gpu)) +
-        '</td><td>' + badge(w.state) + '</td><td>' + cur + '</td><td class=num>' + num(w.trials_done) + '</td><td class=num>' + age(w.heartbeat_age_s) + '</td></tr>';
+      var cur = w.current ? text(w.current.study) + ' #' + text(w.current.tid) : '-';
+      return el('tr', null, td(text(w.host)), td(text(w.pid), 'num'),
+        td(w.gpu === null || w.gpu === undefined ? 'cpu' : 'GPU ' + text(w.gpu)), td(badge(w.state)), td(cur),
+        td(num(w.trials_done), 'num'), td(age(w.heartbeat_age_s), 'num'));
     });
     return table('workers-table', ['host', 'pid', 'device', 'state', 'current trial', 'trials done', 'heartbeat age'], rows, 'no workers seen in the last 5 minutes');
   }
@@ -97,19 +120,23 @@
   }
   function nextFrame() { return new Promise(function (r) { requestAnimationFrame(function () { setTimeout(r, 0); }); }); }
 
+  function block(id, title, bodyId, extra) {
+    return el('section', { class: 'block wide', id: id }, el('h2', null, title, extra), el('div', { id: bodyId }));
+  }
+
   function studyPage(name) {
     // plotly.js is only fetched now (the page's preload link); it is run once the tables are set, as
     // compiling it holds the page up for a while
     document.getElementById('title').textContent = 'Study ' + name;
-    app.innerHTML = '<div class="cards" id="cards"></div>' +
-      '<div class="grid" id="grid">' +
-      '<section class="block wide" id="running"><h2>Running trials</h2><div id="running-body"></div></section>' +
+    app.replaceChildren(el('div', { class: 'cards', id: 'cards' }), el('div', { class: 'grid', id: 'grid' },
+      block('running', 'Running trials', 'running-body'),
       ORDER.map(function (k) {
-        return '<section class="chart' + (WIDE[k] ? ' wide' : '') + '" id="section-' + k + '" hidden><h2></h2><p class="note"></p><div class="plot" id="plot-' + k + '"></div></section>';
-      }).join('') +
-      '<section class="block wide" id="workers-section"><h2>Workers</h2><div id="workers"></div></section>' +
-      '<section class="block wide" id="trials-section"><h2>Latest trials <span class="count" id="trial-count"></span></h2><div id="trials"></div></section>' +
-      '<section class="block wide" id="failures"><h2>Failed trials</h2><div id="failures-body"></div></section></div>';
+        return el('section', { class: 'chart' + (WIDE[k] ? ' wide' : ''), id: 'section-' + k, hidden: 'hidden' },
+          el('h2'), el('p', { class: 'note' }), el('div', { class: 'plot', id: 'plot-' + k }));
+      }),
+      block('workers-section', 'Workers', 'workers'),
+      block('trials-section', 'Latest trials ', 'trials', el('span', { class: 'count', id: 'trial-count' })),
+      block('failures', 'Failed trials', 'failures-body')));
     function tick() {
       var t0 = performance.now();
       fetch('/api/study/' + encodeURIComponent(name) + (MT.gen ? '?since=' + MT.gen : ''), { cache: 'no-store' })
@@ -138,59 +165,79 @@
     tick();
   }
 
+  function header(s) {
+    var bits = [el('a', { href: '/' }, 'all studies'), ' · objective ' + text(s.objective)];
+    if (s.model) bits.push(' · model ' + text(s.model));
+    if (s.dataset) bits.push(' · dataset ' + text(s.dataset));
+    bits.push(' · metric ' + text(s.metric) + ' (' + text(s.goal) + ') · status ' + text(s.status));
+    fill.apply(null, ['subtitle'].concat(bits));
+  }
+
+  function cards(s, sum, total) {
+    var best = sum.best, u = (sum.utilisation || {}).utilisation, c = sum.counts || {};
+    var items = [['trials', total + (s.max_evals ? ' / ' + text(s.max_evals) : '')], ['ok', c.ok], ['failed', c.failed],
+      ['pruned', c.pruned], ['running', c.running], ['queued', c.queued],
+      ['best ' + text(s.metric), best && best.metric !== null ? num(best.metric) : '-'], ['best trial', best ? best.tid : '-'],
+      ['pool utilisation', typeof u === 'number' ? Math.round(u * 100) + '%' : '-']];
+    fill.apply(null, ['cards'].concat(items.map(function (kv) {
+      return el('div', { class: 'card', 'data-key': kv[0] }, el('div', { class: 'k' }, kv[0]),
+        el('div', { class: 'v' }, text(kv[1] === undefined ? 0 : kv[1])));
+    })));
+  }
+
+  function runningRow(r) {
+    var pr = r.progress || {}, m = [];
+    Object.keys(pr).forEach(function (k) { if (k !== 'epoch' && k !== 'epochs' && k !== 'last_output' && typeof pr[k] === 'number') m.push(k + ' ' + num(pr[k])); });
+    var epoch = pr.epoch ? text(pr.epoch) + (pr.epochs ? ' / ' + text(pr.epochs) : '') : '-';
+    return el('tr', { id: 'running-' + text(r.tid) }, td(text(r.tid), 'num'), td(worker(r.worker)), td(epoch, 'num'),
+      td(age(r.heartbeat_age_s), 'num'), td(m.join(', ')), td(el('code', null, text(r.last_output))),
+      td(typeof r.attempts === 'number' ? r.attempts + 1 : '-', 'num'));
+  }
+
+  function trialRow(r) {
+    return el('tr', { id: 'trial-' + text(r.tid), 'data-state': text(r.state) }, td(text(r.tid), 'num'), td(badge(r.state)),
+      td(num(r.loss, 5), 'num'), td(num(r.metric, 5), 'num'), td(worker(r.worker)), td(fmtParams(r.params)));
+  }
+
+  function failures(list) {
+    var fails = list.slice(-50).reverse();
+    var note = list.length > fails.length ? el('p', { class: 'note' }, 'the latest 50 of ' + list.length) : null;
+    var t = table('failures-table', ['trial', 'kind', 'reason', 'worker', 'attempts'], fails.map(function (f) {
+      return el('tr', null, td(text(f.tid), 'num'), td(text(f.kind)), td(text(f.reason)), td(text(f.worker || '-')),
+        td(text(f.attempts), 'num'));
+    }), 'no failed trials');
+    if (note) fill('failures-body', note, t); else fill('failures-body', t);
+  }
+
   function apply(p) {
     if (p.full) MT.rows.clear();
     p.trials.forEach(function (t) { MT.rows.set(t.tid, t); });
     MT.gen = p.gen;
-    var s = p.study, sum = p.summary || {}, c = sum.counts || {};
-    document.getElementById('subtitle').innerHTML = '<a href="/">all studies</a> · objective ' + esc(s.objective) +
-      (s.model ? ' · model ' + esc(s.model) : '') + (s.dataset ? ' · dataset ' + esc(s.dataset) : '') +
-      ' · metric ' + esc(s.metric) + ' (' + esc(s.goal) + ') · status ' + esc(s.status);
-    var best = sum.best, u = (sum.utilisation || {}).utilisation;
+    var s = p.study, sum = p.summary || {};
     var total = typeof sum.trials === 'number' ? sum.trials : MT.rows.size;
-    var cards = [['trials', total + (s.max_evals ? ' / ' + s.max_evals : '')], ['ok', c.ok], ['failed', c.failed],
-      ['pruned', c.pruned], ['running', c.running], ['queued', c.queued],
-      ['best ' + s.metric, best && best.metric !== null ? num(best.metric) : '-'], ['best trial', best ? best.tid : '-'],
-      ['pool utilisation', typeof u === 'number' ? Math.round(u * 100) + '%' : '-']];
-    document.getElementById('cards').innerHTML = cards.map(function (kv) {
-      return '<div class="card" data-key="' + esc(kv[0]) + '"><div class="k">' + esc(kv[0]) + '</div><div class="v">' + esc(kv[1] === undefined ? 0 : kv[1]) + '</div></div>';
-    }).join('');
-    document.getElementById('running-body').innerHTML = table('running-table',
+    header(s);
+    cards(s, sum, total);
+    fill('running-body', table('running-table',
       ['trial', 'worker', 'epoch', 'heartbeat age', 'latest metrics', 'last output', 'attempt'],
-      p.running.map(function (r) {
-        var pr = r.progress || {}, m = [];
-        Object.keys(pr).forEach(function (k) { if (k !== 'epoch' && k !== 'epochs' && k !== 'last_output' && typeof pr[k] === 'number') m.push(k + ' ' + num(pr[k])); });
-        return '<tr id="running-' + r.tid + '"><td class=num>' + r.tid + '</td><td>' + worker(r.worker) + '</td><td class=num>' +
-          (pr.epoch ? pr.epoch + (pr.epochs ? ' / ' + pr.epochs : '') : '-') + '</td><td class=num>' + age(r.heartbeat_age_s) +
-          '</td><td>' + esc(m.join(', ')) + '</td><td><code>' + esc(r.last_output || '') + '</code></td><td class=num>' + (r.attempts + 1) + '</td></tr>';
-      }), 'no trial is running');
-    document.getElementById('workers').innerHTML = workersTable(p.workers);
+      p.running.map(runningRow), 'no trial is running'));
+    fill('workers', workersTable(p.workers));
     var all = Array.from(MT.rows.values()).sort(function (a, b) { return b.tid - a.tid; });
     document.getElementById('trial-count').textContent = '(' + total + ' in all)';
-    document.getElementById('trials').innerHTML = table('trials-table', ['trial', 'state', 'loss', s.metric, 'worker', 'params'],
-      all.slice(0, 25).map(function (r) {
-        return '<tr id="trial-' + r.tid + '" data-state="' + esc(r.state) + '"><td class=num>' + r.tid + '</td><td>' + badge(r.state) +
-          '</td><td class=num>' + num(r.loss, 5) + '</td><td class=num>' + num(r.metric, 5) + '</td><td>' + worker(r.worker) +
-          '</td><td>' + fmtParams(r.params) + '</td></tr>';
-      }), 'no trials yet');
-    var fails = p.failures.slice(-50).reverse();
-    document.getElementById('failures-body').innerHTML = (p.failures.length > fails.length ? '<p class="note">the latest 50 of ' + p.failures.length + '</p>' : '') +
-      table('failures-table', ['trial', 'kind', 'reason', 'worker', 'attempts'],
-      fails.map(function (f) {
-        return '<tr><td class=num>' + f.tid + '</td><td>' + esc(f.kind) + '</td><td>' + esc(f.reason) + '</td><td>' + esc(f.worker || '-') + '</td><td class=num>' + f.attempts + '</td></tr>';
-      }), 'no failed trials');
+    fill('trials', table('trials-table', ['trial', 'state', 'loss', text(s.metric), 'worker', 'params'],
+      all.slice(0, 25).map(trialRow), 'no trials yet'));
+    failures(p.failures);
     if (MT.tablesAt === null) MT.tablesAt = performance.now();  // ms from navigation: the tables are on the page
     p.charts.forEach(function (ch) {
       var sec = document.getElementById('section-' + ch.key);
       if (!sec) return;
       sec.hidden = false;
-      sec.querySelector('h2').textContent = ch.title;
-      sec.querySelector('.note').textContent = ch.note || '';
-      var el = document.getElementById('plot-' + ch.key);
-      el.dataset.empty = ch.empty || '';
+      sec.querySelector('h2').textContent = text(ch.title);
+      sec.querySelector('.note').textContent = text(ch.note);
+      var plot = document.getElementById('plot-' + ch.key);
+      plot.dataset.empty = text(ch.empty);
       PENDING[ch.key] = { fig: ch.figure, gen: p.gen };
-      if (!el.style.minHeight) el.style.minHeight = (ch.figure.layout.height || 300) + 'px';
-      observer.observe(el);
+      if (!plot.style.minHeight) plot.style.minHeight = (Number(ch.figure.layout.height) || 300) + 'px';
+      observer.observe(plot);
     });
     // charts are drawn when on screen, one at a time in page order, after the tables have been painted
     // (an off-screen chart keeps its newest figure and is drawn when scrolled to); `light` is done when
@@ -208,10 +255,10 @@
       var job = PENDING[key];
       if (!job) return null;
       delete PENDING[key];
-      var el = document.getElementById('plot-' + key);
-      return Plotly.react(el, job.fig.data, job.fig.layout, CONFIG).then(function () {
-        el.dataset.rendered = '1'; el.dataset.gen = String(job.gen);
-      }, function (err) { el.dataset.rendered = 'error'; console.error('chart ' + key + ': ' + err); });
+      var plot = document.getElementById('plot-' + key);
+      return Plotly.react(plot, job.fig.data, job.fig.layout, CONFIG).then(function () {
+        plot.dataset.rendered = '1'; plot.dataset.gen = String(job.gen);
+      }, function (err) { plot.dataset.rendered = 'error'; console.error('chart ' + key + ': ' + err); });
     }).catch(function (err) { console.error('chart ' + key + ': ' + err); });
     return queue;
   }
