@@ -20,6 +20,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# the test-only objective kinds (`synthetic`) run only where this is set; every worker the tests start
+# inherits it (mongotune.objectives.TEST_SWITCH)
+os.environ["MONGOTUNE_TEST_OBJECTIVES"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,18 @@ Kinds that run the user's own code (a command, an importable model function)
 need the worker's explicit consent (``mongotune worker --allow-user-code``):
 without it a worker never takes their trials, so a database writer cannot
 make a worker run code it was not told to trust.
+
+Test kinds (``synthetic``: it writes files wherever its ``record_dir`` says)
+run only where mongotune's own test suite switched them on
+(``MONGOTUNE_TEST_OBJECTIVES=1``); anywhere else they count as user code (a
+worker without ``--allow-user-code`` leaves their trials alone) and a worker
+that takes one fails it with a ``config`` failure saying why.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -51,6 +58,7 @@ class Kind:
     target: str  # "mongotune.objectives.module:function" (mongotune's own code only)
     metric: dict  # the default metric its trials report
     user_code: bool = False  # runs the user's code: the worker must allow it
+    test_only: bool = False  # only where the test suite switched test kinds on (TEST_SWITCH)
 
     def load(self) -> Callable:
         module, _, fn = self.target.partition(":")
@@ -59,10 +67,18 @@ class Kind:
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("keras", "mongotune.objectives.keras_trial:train_trial", {"name": "val_accuracy", "goal": "max"}),
-    Kind("synthetic", "mongotune.objectives.synthetic:synthetic", {"name": "loss", "goal": "min"}),
+    Kind("synthetic", "mongotune.objectives.synthetic:synthetic", {"name": "loss", "goal": "min"}, test_only=True),
     Kind("sleep", "mongotune.objectives.synthetic:sleep", {"name": "loss", "goal": "min"}),
     Kind("command", "mongotune.objectives.command:run", {"name": "metric", "goal": "max"}, user_code=True),
 )}
+
+
+TEST_SWITCH = "MONGOTUNE_TEST_OBJECTIVES"
+
+
+def test_kinds_enabled() -> bool:
+    """Has the test suite switched the test kinds on in this process's environment?"""
+    return os.environ.get(TEST_SWITCH) == "1"
 
 
 def kind_of(objective: dict) -> Kind:
@@ -76,14 +92,20 @@ def kind_of(objective: dict) -> Kind:
 def runs_user_code(objective: dict) -> bool:
     """Does a trial of this objective run code the user supplied (a command, a model function)?"""
     kind = KINDS.get(objective.get("kind")) if isinstance(objective, dict) else None
+    if kind is not None and kind.test_only and not test_kinds_enabled():
+        return True
     return kind is None or kind.user_code or bool(objective.get("model_fn"))
 
 
 def get_objective(objective: dict) -> Callable:
     try:
-        return kind_of(objective).load()
+        kind = kind_of(objective)
     except ConfigError as exc:
         raise TrialFailure("config", str(exc)) from None
+    if kind.test_only and not test_kinds_enabled():
+        raise TrialFailure("config", f"the {kind.name!r} objective is for mongotune's own tests and runs only "
+                                     f"where they set {TEST_SWITCH}=1; this worker refuses it")
+    return kind.load()
 
 
 def sleep_interruptibly(seconds: float, ctx: TrialContext) -> None:

@@ -422,33 +422,73 @@ class Worker:
 
         Every trial keeps its params, history and curve; only the (large) model
         files go.  Each worker cleans its own host's files, so no host touches
-        another's disk.
+        another's disk, and only inside its own roots: a trial's recorded path
+        (written by anyone who can write to the database) is used only when it
+        resolves to ``ROOT/STUDY/trial-N/attempt-N`` under a root this worker
+        writes the study's artifacts to.
         """
-        keep = (study.objective.get("training") or {}).get("keep_models")
+        import re
+
+        from .. import safepath
+        from ..errors import ConfigError
+
+        try:
+            keep = (study.objective.get("training") or {}).get("keep_models")
+            keep = None if keep is None else max(0, int(keep))
+        except (TypeError, ValueError):
+            return
         if keep is None:
             return
+        roots = [self.artifacts_root]
+        if study.artifacts_root and _under(study.artifacts_root, self.allowed_roots):
+            roots.append(Path(os.path.expanduser(study.artifacts_root)))
         try:
+            bases = {safepath.resolved(safepath.study_dir(r, study.name)) for r in roots}
             ranked = self.trials.ranked(study.exp_key, include_pruned=True,
                                         fields=["tid", "exp_key", "state", "result.loss", "result.status",
                                                 "result.pruned", "artifacts"])
-        except pymongo.errors.PyMongoError:
-            return  # next time
-        for rec in ranked[int(keep):]:
+        except (ConfigError, OSError, pymongo.errors.PyMongoError):
+            return  # a bad name never names a directory; the database: next time
+        for rec in ranked[keep:]:
             if rec.artifacts is None or rec.artifacts.host != self.host:
+                continue
+            d = safepath.inside(str(rec.artifacts.path), bases)
+            if (d is None or d.parent.parent not in bases or not re.fullmatch(r"trial-\d+", d.parent.name)
+                    or not re.fullmatch(r"attempt-\d+", d.name)):
+                log.warning("not deleting the model of trial %s: %s is not an attempt directory of study %s "
+                            "in this worker's artifact roots", rec.tid, rec.artifacts.path, study.name)
                 continue
             for name in MODEL_FILES:
                 try:
-                    (Path(rec.artifacts.path) / name).unlink(missing_ok=True)
+                    (d / name).unlink(missing_ok=True)
                 except OSError as exc:
                     log.warning("cannot delete %s of trial %s: %s", name, rec.tid, exc)
 
     # ------------------------------------------------------------ one trial
     def _artifacts_dir(self, study: Study, lease: Lease) -> Path:
+        """This attempt's own directory, ``ROOT/STUDY/trial-NNNNN/attempt-N``, created.
+
+        The study name is checked here, on every use, not only at launch: a name
+        from the database that is absolute, holds a separator or ``..``, or a
+        directory that resolves outside the root (a symlink) fails the trial
+        (kind ``config``) before anything is created.
+        """
+        from .. import safepath
+        from ..errors import ConfigError
+
         root = self.artifacts_root
         if study.artifacts_root and _under(study.artifacts_root, self.allowed_roots):
             root = Path(os.path.expanduser(study.artifacts_root))
-        path = root / study.name / f"trial-{lease.tid:05d}" / f"attempt-{lease.attempt}"
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            base = safepath.study_dir(root, study.name)
+            path = base / f"trial-{int(lease.tid):05d}" / f"attempt-{int(lease.attempt)}"
+            if safepath.inside(path, [base]) is None:
+                raise ConfigError(f"{path} resolves outside {base}")
+            path.mkdir(parents=True, exist_ok=True)
+            if safepath.inside(path, [base]) is None:
+                raise ConfigError(f"{path} resolves outside {base}")
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise TrialFailure("config", f"no artifact directory for this trial: {exc}") from None
         return path
 
     def _check_paths(self, study: Study) -> None:
