@@ -9,6 +9,8 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from ..errors import UserError
 
@@ -32,7 +34,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _fail(exc: UserError):
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -81,6 +83,12 @@ def _user_errors():
 def print_json(obj) -> None:
     """JSON on stdout, whatever the console width (for scripts)."""
     sys.stdout.write(json.dumps(obj, default=str, indent=2) + "\n")
+
+
+def lit(v) -> Text:
+    """``v`` as literal text for a rich table cell, title or header: a string from the database is never
+    read as rich markup (``[bold]``, ``[link=...]``)."""
+    return Text("-" if v is None else str(v))
 
 
 def fmt(v) -> str:

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 
 from ..errors import ConfigError
 from ..search.defaults import ALGORITHM as DEFAULT_ALGORITHM
@@ -35,7 +36,7 @@ def drive(url: str, name: str, workers: int, quiet: bool = False, *, wait: bool 
     stop = threading.Event()
 
     def waiting(msg: str) -> None:
-        err.print(f"[yellow]{msg}[/]", highlight=False)
+        err.print(f"[yellow]{escape(msg)}[/]", highlight=False)
 
     try:
         if quiet or not out.is_terminal:
@@ -44,7 +45,7 @@ def drive(url: str, name: str, workers: int, quiet: bool = False, *, wait: bool 
             def progress(snap):
                 if snap.finished != last["done"]:
                     last["done"] = snap.finished
-                    out.print(progress_line(snap), highlight=False)
+                    out.print(progress_line(snap), highlight=False, markup=False)
 
             try:
                 snap = coord.run(name, progress=progress, stop=stop, wait=wait, on_wait=waiting)
@@ -68,7 +69,7 @@ def drive(url: str, name: str, workers: int, quiet: bool = False, *, wait: bool 
 
 def report_done(snap, name):
     c = snap.counts
-    out.print(f"study [bold]{name}[/]: {snap.finished}/{snap.max_evals} trials finished "
+    out.print(f"study [bold]{escape(name)}[/]: {snap.finished}/{snap.max_evals} trials finished "
               f"({c['ok']} ok, {c['pruned']} pruned, {c['failed'] + c['error']} failed) in {snap.elapsed_s:.1f}s")
     if snap.best_tid is None:
         out.print("no successful trial yet")
@@ -77,10 +78,10 @@ def report_done(snap, name):
     metric = snap.metric.get("name")
     if snap.best_metric is not None and metric != "loss":
         label = "validation accuracy" if metric == "val_accuracy" else metric
-        out.print(f"best {label}: [bold]{snap.best_metric:.4f}[/]")
+        out.print(f"best {escape(label)}: [bold]{snap.best_metric:.4f}[/]")
     import json
 
-    out.print("best params: " + json.dumps(snap.best_params, default=str), highlight=False)
+    out.print("best params: " + json.dumps(snap.best_params, default=str), highlight=False, markup=False)
 
 
 def search_settings(algo: str, startup_trials: int | None, grid_points: int | None, acquisition: str | None,

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._common import JsonOpt, MongoOpt, _mongo, _setup_logging, _user_errors, app, err, out, print_json
+from ._common import JsonOpt, MongoOpt, _mongo, _setup_logging, _user_errors, app, err, lit, out, print_json
 
 
 @app.command()
@@ -56,7 +56,8 @@ def workers(mongo: Optional[str] = MongoOpt,
         t.add_column(col)
     for r in rows:
         cur = r.get("current") or {}
-        t.add_row(r["_id"], str(r.get("host")), str(r.get("pid")), str(r.get("gpu")), str(r.get("study") or "any"),
-                  r["state"], f"{cur.get('study')}#{cur.get('tid')}" if cur else "-", str(r.get("trials_done", 0)),
+        t.add_row(lit(r["_id"]), lit(r.get("host")), lit(r.get("pid")), lit(r.get("gpu")),
+                  lit(r.get("study") or "any"), lit(r["state"]),
+                  lit(f"{cur.get('study')}#{cur.get('tid')}" if cur else "-"), lit(r.get("trials_done", 0)),
                   f"{r['heartbeat_age_s']:.1f}s" if r.get("heartbeat_age_s") is not None else "-")
     out.print(t)

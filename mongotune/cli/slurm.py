@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
-from ._common import _user_errors, err, out
+from ._common import _user_errors, err, lit, out
 
 slurm_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="The worker pool as a Slurm job array: submit, status, cancel.")
@@ -134,8 +134,9 @@ def status(job_ids: Optional[List[str]] = JobIdsArg, mongo: Optional[str] = Slur
         t.add_column(col)
     for r in st.tasks:
         w = r.worker
-        t.add_row(r.task, r.state, r.elapsed, r.time_limit, r.node, r.reason if r.reason not in ("None", "") else "-",
-                  w["_id"] if w else "-", w["state"] if w else "-", _trial(w), _age(w))
+        t.add_row(*map(lit, (r.task, r.state, r.elapsed, r.time_limit, r.node,
+                             r.reason if r.reason not in ("None", "") else "-", w["_id"] if w else "-",
+                             w["state"] if w else "-", _trial(w), _age(w))))
     con.print(t)
     if not st.tasks:
         con.print("no array tasks known to Slurm" + ("" if st.arrays or job_ids else " (nothing submitted)"))
@@ -145,8 +146,8 @@ def status(job_ids: Optional[List[str]] = JobIdsArg, mongo: Optional[str] = Slur
             o.add_column(col)
         for w in st.other_workers:
             s = w.get("slurm") or {}
-            o.add_row(w["_id"], w["host"], str(w.get("gpu")), w["state"], _trial(w), _age(w),
-                      f"{s.get('array_job')}_{s.get('array_task')}" if s else "-")
+            o.add_row(*map(lit, (w["_id"], w["host"], w.get("gpu"), w["state"], _trial(w), _age(w),
+                                 f"{s.get('array_job')}_{s.get('array_task')}" if s else "-")))
         con.print(o)
     for note in st.notes:
         err.print(f"note: {note}", highlight=False, soft_wrap=True)

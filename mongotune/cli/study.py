@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from ._common import JsonOpt, MongoOpt, _mongo, _setup_logging, _user_errors, app, err, fmt, out, print_json
+from ._common import JsonOpt, MongoOpt, _mongo, _setup_logging, _user_errors, app, err, fmt, lit, out, print_json
 from .progress import best_text, progress_table
 
 
@@ -43,11 +44,11 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
         print_json({**snap.as_dict(), "status": st.status, "objective": st.kind, "algo": st.algo,
                     "pruner": st.pruner})
         return
-    out.print(f"study [bold]{st.name}[/]: {_describe(st)}, status {st.status}", highlight=False)
+    out.print(Text.assemble("study ", (str(st.name), "bold"), f": {_describe(st)}, status {st.status}"))
     out.print(progress_table(snap))
     if snap.best_params is not None:
-        out.print(f"best: {best_text(snap)}, loss {snap.best_loss:.5g}: "
-                  + json.dumps(snap.best_params, default=str), highlight=False)
+        out.print(lit(f"best: {best_text(snap)}, loss {snap.best_loss:.5g}: "
+                      + json.dumps(snap.best_params, default=str)))
     if snap.running:
         t = Table(title="running trials")
         for col in ("tid", "attempt", "worker", "gpu", "step", "heartbeat age", "progress"):
@@ -59,8 +60,8 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
             ptxt = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in prog.items())
             if last:
                 ptxt = (ptxt + "; " if ptxt else "") + f"last output: {last}"
-            t.add_row(str(r["tid"]), str(r["attempt"]), str(r["worker"]), str(r["gpu"]), fmt(r.get("step")), age,
-                      ptxt)
+            t.add_row(lit(r["tid"]), lit(r["attempt"]), lit(r["worker"]), lit(r["gpu"]), lit(fmt(r.get("step"))), age,
+                      lit(ptxt))
         out.print(t)
 
 
@@ -91,8 +92,8 @@ def studies(mongo: Optional[str] = MongoOpt, as_json: bool = JsonOpt):
         if s.best:
             metric = (s.best.get("metric") if isinstance(s.best.get("metric"), (int, float)) else None)
             best = f"{s.metric.get('name')} {metric:.4g}" if metric is not None else f"loss {s.best['loss']:.5g}"
-        t.add_row(s.name, _describe(s), s.status, f"{c.finished}/{s.max_evals}", str(c.pruned),
-                  str(c.failed + c.error), best, str(s.created)[:19])
+        t.add_row(lit(s.name), lit(_describe(s)), lit(s.status), lit(f"{c.finished}/{s.max_evals}"), str(c.pruned),
+                  str(c.failed + c.error), lit(best), lit(str(s.created)[:19]))
     out.print(t)
 
 
@@ -111,14 +112,14 @@ def leaderboard(name: str = typer.Argument(..., help="Study name."), mongo: Opti
         return
     c = summary["counts"]
     metric = summary["metric"].get("name", "metric")
-    t = Table(title=f"leaderboard of {name} ({c['ok']} ok, {c['pruned']} pruned, "
-                    f"{c['failed'] + c['error']} failed, {c['running']} running)")
+    t = Table(title=lit(f"leaderboard of {name} ({c['ok']} ok, {c['pruned']} pruned, "
+                        f"{c['failed'] + c['error']} failed, {c['running']} running)"))
     for col in ("rank", "tid", "loss", metric, "epochs", "s/epoch", "params"):
-        t.add_column(col)
+        t.add_column(lit(col))
     for i, r in enumerate(rows, 1):
         tid = f"{r['tid']} (pruned at {r['pruned_at']})" if r["outcome"] == "pruned" else str(r["tid"])
-        t.add_row(str(i), tid, f"{r['loss']:.5g}", fmt(r.get("metric")), fmt(r.get("epochs")),
-                  fmt(r.get("seconds_per_epoch")), json.dumps(r["params"], default=str))
+        t.add_row(str(i), lit(tid), lit(f"{r['loss']:.5g}"), lit(fmt(r.get("metric"))), lit(fmt(r.get("epochs"))),
+                  lit(fmt(r.get("seconds_per_epoch"))), lit(json.dumps(r["params"], default=str)))
     out.print(t)
 
 
@@ -163,8 +164,8 @@ def final(name: str = typer.Argument(..., help="Study name."), mongo: Optional[s
         from ..report.final import run_final
 
         summary = run_final(plan, progress=lambda m: err.print(f"[dim]{m}[/]"))
-    out.print(summary["report_text"], highlight=False)
+    out.print(lit(summary["report_text"]))
     out.print(f"test accuracy [bold]{summary['test_accuracy']:.4f}[/] (trial {summary['tid']}, "
               f"{summary['epochs']} epochs on {summary['train_images']} images)")
     for key in ("model_path", "report_path", "confusion_matrix_path"):
-        out.print(f"{key.replace('_path', '').replace('_', ' ')}: {summary[key]}", highlight=False)
+        out.print(lit(f"{key.replace('_path', '').replace('_', ' ')}: {summary[key]}"))
