@@ -66,11 +66,8 @@ header nav a {{ margin-right:14px; }} #status {{ float:right; color:#b9c5d3; fon
 
 def create_app(db, *, jobs: str = "jobs", poll_ms: int = 1000, warm: bool = True,
                host: str | None = None) -> Starlette:
-    """The dashboard over ``db`` (a pymongo ``Database``; it is wrapped read-only here).
-
-    ``host`` is the address it is bound to: loopback (or None) makes it check every request's ``Host``
-    header (``net.HostCheck``); any other address serves every name (it is reachable anyway).
-    """
+    """The dashboard over ``db`` (a pymongo ``Database``; it is wrapped read-only here), bound to ``host``
+    (None: loopback; see ``_host_check``)."""
     dash = Dashboard(ReadOnlyDatabase(db), jobs=jobs)
     boot = uuid.uuid4().hex[:8]
     js = (STATIC / "dashboard.js").read_text()
@@ -124,10 +121,15 @@ def create_app(db, *, jobs: str = "jobs", poll_ms: int = 1000, warm: bool = True
               Route("/api/study/{name}", api_study), Route("/static/plotly.min.js", static_plotly),
               Route("/static/dashboard.js", static_js),
               Route("/favicon.ico", lambda request: Response(status_code=204))]
-    middleware = [Middleware(HostCheck, host=host)] if host is None or is_loopback(host) else []
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=_host_check(host))
     app.state.dashboard = dash
     return app
+
+
+def _host_check(host: str | None) -> list[Middleware]:
+    """Bound to loopback (or None), every request's ``Host`` header is checked (``net.HostCheck``);
+    bound to another address, every name is served (the dashboard is reachable anyway)."""
+    return [Middleware(HostCheck, host=host)] if host is None or is_loopback(host) else []
 
 
 def _warm(dash: Dashboard) -> None:

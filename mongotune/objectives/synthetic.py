@@ -1,4 +1,9 @@
-"""Objectives without TensorFlow that exercise the pool itself (tests, benchmarks, deployment smoke checks).
+"""Objectives without TensorFlow that exercise the pool itself.
+
+``synthetic`` is for mongotune's own tests: it writes files wherever its
+``record_dir`` says, so a worker runs it only where the test suite set
+``MONGOTUNE_TEST_OBJECTIVES=1`` (``objectives.TEST_SWITCH``); anywhere else it
+is refused.  ``sleep`` (benchmarks, smoke checks) touches no file.
 
 A study's ``objective`` dict carries their options::
 
