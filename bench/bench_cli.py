@@ -102,6 +102,7 @@ def main() -> None:
     runs = 3 if args.quick else args.runs
     home = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     env = os.environ.copy()
+    env["MONGOTUNE_TEST_OBJECTIVES"] = "1"  # the study runs the test-only synthetic objective
     env.update(MONGOTUNE_HOME=str(home), MONGOTUNE_SERVER_PORT="0", MONGOTUNE_SERVER_IDLE="600",
                PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3",
                CUDA_VISIBLE_DEVICES="")

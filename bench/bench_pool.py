@@ -685,6 +685,7 @@ def main(argv=None) -> int:
     os.environ["MONGOTUNE_HOME"] = str(tmp / "home")  # inherited by every child process
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.pop("MONGOTUNE_MONGO", None)
+    os.environ["MONGOTUNE_TEST_OBJECTIVES"] = "1"  # the coordinator part runs the test-only synthetic objective
     res = Resources(tmp, args.keep_tmp)
     out = Out()
     info = host_info()
