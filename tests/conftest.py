@@ -63,13 +63,13 @@ def _isolated_home(tmp_path, monkeypatch):
     """Keep every test's mongotune state (artifacts, logs, embedded db) in tmp.
 
     A command run without --mongo starts a background embedded server in that
-    home (on any free port, never 27117); it is stopped when the test ends, and
-    stops itself after 5 idle minutes should that fail.
+    home (on its private Unix socket there, no TCP port); it is stopped when
+    the test ends, and stops itself after 5 idle minutes should that fail.
     """
     home = tmp_path / "mongotune-home"
     monkeypatch.setenv("MONGOTUNE_HOME", str(home))
     monkeypatch.setenv("MONGOTUNE_DATA_DIR", str(tmp_path / "data-cache"))
-    monkeypatch.setenv("MONGOTUNE_SERVER_PORT", "0")
+    monkeypatch.delenv("MONGOTUNE_SERVER_PORT", raising=False)  # TCP only where a test asks for it
     monkeypatch.setenv("MONGOTUNE_SERVER_IDLE", "300")
     yield
     if (home / "db" / "server.lock").exists():

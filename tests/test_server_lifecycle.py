@@ -1,8 +1,8 @@
 """The per-user embedded server with real processes: shared by overlapping commands, started once, restarted
 after kill -9, stopped on request or when idle, and the `mongotune server` commands.
 
-Every test has its own MONGOTUNE_HOME and MONGOTUNE_SERVER_PORT=0 (a free port; conftest), so nothing here
-touches 27117 or another test's server.
+Every test has its own MONGOTUNE_HOME (conftest), so each server has its own directory and socket; a test
+that asks for TCP asks for a free port, so nothing here touches 27117 or another test's server.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_overlapping_launches_and_a_resume_share_one_server(tmp_path):
 
 def test_kill_9_of_the_server_mid_study_a_client_restarts_it(tmp_path):
     """A hand-started worker and a launch, both on the default: kill -9 the server; it comes back on its
-    port, the study completes, no trial lost or run twice."""
+    socket, the study completes, no trial lost or run twice."""
     rec = tmp_path / "runs"
     w = mongotune("worker", "--study", "K", log=tmp_path / "w.log")
     coord = _launch("K", 12, 0.5, tmp_path / "coord.log", rec=rec, workers=0)
@@ -128,7 +128,7 @@ def test_kill_9_of_the_server_mid_study_a_client_restarts_it(tmp_path):
         os.kill(info.pid, signal.SIGKILL)
         back = wait_for(lambda: (s := find_server()) and s.pid != info.pid and s, 60,
                         what="the server restarted by a client")
-        assert back.port == info.port  # clients keep the URL they hold
+        assert back.socket == info.socket and back.url == info.url  # clients keep the URL they hold
         assert coord.wait(240) == 0, log_text(tmp_path / "coord.log")[-3000:]
     finally:
         stop(w)
@@ -141,7 +141,7 @@ def test_kill_9_of_the_server_mid_study_a_client_restarts_it(tmp_path):
     assert _server_starts() == 2
 
 
-def test_the_next_command_restarts_a_dead_server_on_its_port():
+def test_the_next_command_restarts_a_dead_server_on_its_socket():
     info, started = ensure_server()
     assert started
     os.kill(info.pid, signal.SIGKILL)
@@ -149,7 +149,7 @@ def test_the_next_command_restarts_a_dead_server_on_its_port():
     r = run_cli("studies", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     now = find_server()
-    assert now is not None and now.pid != info.pid and now.port == info.port
+    assert now is not None and now.pid != info.pid and now.url == info.url
 
 
 _AT_ONCE = textwrap.dedent("""
@@ -273,29 +273,28 @@ def test_bad_port_environment_is_one_error_line():
 
 
 def test_non_loopback_host_warns():
-    r = run_cli("server", "start", "--host", "0.0.0.0", timeout=60)
+    r = run_cli("server", "start", "--host", "0.0.0.0", MONGOTUNE_SERVER_PORT="0", timeout=60)  # a free port
     assert r.returncode == 0, r.stdout + r.stderr
     assert "warning:" in r.stderr and "no authentication" in r.stderr
     info = find_server()
-    assert info.host == "0.0.0.0" and info.url.startswith("mongodb://127.0.0.1:")
-    r = run_cli("server", "start", timeout=60)  # loopback again: no warning, and it is the same server
+    assert info.host == "0.0.0.0" and info.tcp_url.startswith("mongodb://127.0.0.1:")
+    assert info.url.startswith("mongodb://%2F") and info.url.endswith("%2Fserver.sock/mongotune")
+    r = run_cli("server", "start", timeout=60)  # no TCP asked: no warning, and it is the same server
     assert "warning" not in r.stderr and "already running" in r.stdout
     stop_server(force=True)
 
 
-def test_taken_default_port_falls_back_to_a_free_one():
+def test_a_taken_tcp_port_is_an_error_never_a_silent_move():
+    """TCP asked on a port another program holds ($MONGOTUNE_SERVER_PORT or --port): one error line, no server
+    on another port (before issue 19 the server took a free port, where clients holding a URL never looked)."""
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        r = run_cli("server", "start", MONGOTUNE_SERVER_PORT=str(taken), timeout=60)
-        assert r.returncode == 0, r.stdout + r.stderr
-        info = find_server()
-        assert info is not None and info.port != taken
-        # an explicit --port that is taken is an error, not a silent change
-        stop_server()
-        r = run_cli("server", "start", "--port", str(taken), timeout=60)
-        assert r.returncode == 2 and r.stderr.startswith("error:") and "in use" in r.stderr, r.stderr
+        for r in (run_cli("server", "start", MONGOTUNE_SERVER_PORT=str(taken), timeout=60),
+                  run_cli("server", "start", "--port", str(taken), timeout=60)):
+            assert r.returncode == 2 and r.stderr.startswith("error:") and "in use" in r.stderr, r.stderr
+            assert find_server() is None and not lock_held(_dbpath())
 
 
 def test_foreground_server_is_found_by_commands(tmp_path):

@@ -2,32 +2,38 @@
 
 Design (one server per database directory, ``$MONGOTUNE_HOME/db`` by default):
 
+* **Private.**  The server listens on a Unix socket inside its 0700 database
+  directory (see :mod:`mongotune.store.embedded`), so only this account (and
+  root) can reach it; every file there is 0600.  It listens on TCP only when
+  asked: ``mongotune server start --port N`` / ``--host H``, or
+  ``$MONGOTUNE_SERVER_PORT``; then anyone who can reach that port can use it.
 * **Started on first use.**  A command with no ``--mongo`` calls
   :func:`embedded_url`.  If a server holds the directory's lock, has written
-  ``server.json`` and accepts a TCP connection, that is the answer (a flock
-  probe, a small file read and one connect: about a millisecond).  Otherwise
-  the command takes ``start.lock`` (an exclusive flock that serialises
-  starters), looks again, and if there is still no server starts one
-  detached: ``python -m mongotune.store.embedded --daemon`` forks away from
-  the command, runs in its own session and is nobody's child, so it outlives
-  the command that started it.  Commands started at the same instant queue on
-  ``start.lock``; the first starts the server and the others find it.
-* **Port.**  ``$MONGOTUNE_SERVER_PORT`` or 27117; when another program holds
-  it the server takes a free port and records it in ``server.json``.  After a
-  crash the server comes back on the port it had, so running clients
-  reconnect to the URL they already hold.
+  ``server.json`` and accepts a connection on its socket, that is the answer
+  (a flock probe, a small file read and one connect: well under a
+  millisecond).  Otherwise the command takes ``start.lock`` (an exclusive
+  flock that serialises starters), looks again, and if there is still no
+  server starts one detached: ``python -m mongotune.store.embedded --daemon``
+  forks away from the command, runs in its own session and is nobody's child,
+  so it outlives the command that started it.  Commands started at the same
+  instant queue on ``start.lock``; the first starts the server and the others
+  find it.
 * **Never stopped under a client.**  No command stops the server when it
   ends.  The server stops itself after ``$MONGOTUNE_SERVER_IDLE`` seconds
   (default 3600; 0 = never) with no client connection; every mongotune
   process holds a connection for as long as it runs, and a running trial's
   worker is connected (it heartbeats).  ``mongotune server stop`` refuses
   while clients are connected unless forced.
-* **Restarted if it died.**  A clean stop removes ``server.json``; a crash
-  (``kill -9``) leaves it behind with the lock free.  Every long-running
-  command on the embedded default (launch, resume, worker, ...) runs a
-  keeper thread (:func:`embedded_session`) that looks once a second and
-  restarts a crashed server on its old port; ``start.lock`` makes one of
-  them do it.  Clients ride the gap on their usual retries.
+* **Restarted if it died, where its clients expect it.**  A clean stop
+  removes ``server.json``; a crash (``kill -9``) leaves it behind with the
+  lock free.  Every long-running command on the embedded default (launch,
+  resume, worker, ...) runs a keeper thread (:func:`embedded_session`) that
+  looks once a second and restarts a crashed server; ``start.lock`` makes one
+  of them do it.  The new server binds the same socket path, so clients ride
+  the gap on their usual retries with the URL they hold.  A server that had
+  a TCP port asks for that port again and never another: if someone else
+  took it meanwhile, the server comes back on its socket alone and says so
+  (log, ``server.json``, ``mongotune server status``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -47,8 +54,8 @@ from typing import Iterator
 
 from ..errors import ConfigError, ConnectionFailure, UserError
 from . import embedded
-from .embedded import (DB_FILE, DEFAULT_PORT, ServerBusy, check_port, connect_host,
-                       lock_held, read_state_file, resolve_dbpath)
+from .embedded import (CLIENTS_FILE, DB_FILE, DEFAULT_PORT, ServerBusy, check_port, connect_host,
+                       lock_held, private_dir, read_state_file, resolve_dbpath)
 
 log = logging.getLogger("mongotune.embedded")
 
@@ -65,36 +72,55 @@ class ServerInUse(UserError):
 
 @dataclass
 class ServerInfo:
-    """A live server as its ``server.json`` describes it."""
+    """A live server as its ``server.json`` describes it.
+
+    ``socket`` is its private Unix socket; ``host``/``port`` its TCP address
+    when asked for one (``port`` set and ``tcp_error`` set: it could not
+    listen there).
+    """
 
     pid: int
-    host: str
-    port: int
+    socket: str | None
+    host: str | None
+    port: int | None
     dbpath: Path
     started_at: float | None = None
     idle_timeout: float | None = None
     mode: str = "background"
     log: str | None = None
+    tcp_error: str | None = None
 
     @classmethod
     def from_state(cls, state: dict, dbpath: Path) -> "ServerInfo":
-        return cls(pid=int(state["pid"]), host=state.get("host") or "127.0.0.1", port=int(state["port"]),
-                   dbpath=Path(state.get("dbpath") or dbpath), started_at=state.get("started_at"),
-                   idle_timeout=state.get("idle_timeout"), mode=state.get("mode") or "background",
-                   log=state.get("log"))
+        port = state.get("port")
+        return cls(pid=int(state["pid"]), socket=state.get("socket"), host=state.get("host"),
+                   port=None if port is None else int(port), dbpath=Path(state.get("dbpath") or dbpath),
+                   started_at=state.get("started_at"), idle_timeout=state.get("idle_timeout"),
+                   mode=state.get("mode") or "background", log=state.get("log"), tcp_error=state.get("tcp_error"))
+
+    @property
+    def tcp(self) -> bool:
+        """True if it listens on TCP."""
+        return self.port is not None and not self.tcp_error
+
+    @property
+    def tcp_url(self) -> str | None:
+        return embedded.url_for(self.port, self.host or "127.0.0.1") if self.tcp else None
 
     @property
     def url(self) -> str:
-        return embedded.url_for(self.port, self.host)
+        """What a local client uses: the private socket (a server of an older version: its TCP port)."""
+        return embedded.socket_url(self.socket) if self.socket else self.tcp_url
 
 
 @dataclass
 class Client:
-    """Connections to the server from one local process (pid None: another host or user)."""
+    """Connections to the server from one process (pid None: another host or an unknown peer)."""
 
     pid: int | None
     command: str
     addresses: list[str] = field(default_factory=list)
+    uid: int | None = None
 
 
 @dataclass
@@ -112,14 +138,21 @@ class ServerStatus:
 
 
 # ---------------------------------------------------------------- settings
-def default_port() -> int:
+def env_port() -> int | None:
+    """``$MONGOTUNE_SERVER_PORT`` (0 = any free port), or None when unset: TCP only when asked."""
     raw = os.environ.get(ENV_PORT, "").strip()
     if not raw:
-        return DEFAULT_PORT
+        return None
     try:
         return check_port(int(raw))
     except (ValueError, ConfigError):
         raise ConfigError(f"${ENV_PORT} must be a port number (1-65535, or 0 for any), got {raw!r}") from None
+
+
+def default_port() -> int:
+    """The TCP port when TCP is asked for without a port: ``$MONGOTUNE_SERVER_PORT``, else 27117."""
+    port = env_port()
+    return DEFAULT_PORT if port is None else port
 
 
 def default_idle_timeout() -> float | None:
@@ -155,11 +188,17 @@ def is_loopback(host: str) -> bool:
 
 
 # ---------------------------------------------------------------- finding
-def _answers(host: str, port: int, timeout: float = 1.0) -> bool:
+def _answers(info: ServerInfo, timeout: float = 1.0) -> bool:
+    """True if the server accepts a connection where local clients reach it (its socket)."""
     try:
-        with socket.create_connection((connect_host(host).strip("[]"), port), timeout=timeout):
+        if info.socket:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(info.socket)
             return True
-    except OSError:
+        with socket.create_connection((connect_host(info.host or "").strip("[]"), info.port), timeout=timeout):
+            return True
+    except (OSError, TypeError):
         return False
 
 
@@ -175,7 +214,7 @@ def find_server(dbpath: str | Path | None = None) -> ServerInfo | None:
         info = ServerInfo.from_state(state, dbpath)
     except (KeyError, TypeError, ValueError):
         return None
-    return info if _answers(info.host, info.port) else None
+    return info if _answers(info) else None
 
 
 def crashed(dbpath: str | Path | None = None) -> bool:
@@ -186,7 +225,7 @@ def crashed(dbpath: str | Path | None = None) -> bool:
 
 @contextlib.contextmanager
 def _exclusive(path: Path, deadline: float) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = embedded.open_private(path, os.O_RDWR)
     try:
         while True:
             try:
@@ -203,12 +242,28 @@ def _exclusive(path: Path, deadline: float) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- starting
-def ensure_server(dbpath: str | Path | None = None, *, port: int | None = None, host: str = "127.0.0.1",
+def _tcp_wanted(port: int | None, host: str | None, stale: dict | None) -> tuple[int | None, str, bool]:
+    """(TCP port or None, host, required) for a server about to start.
+
+    An explicit ``port`` or ``host`` asks for TCP, and so does ``$MONGOTUNE_SERVER_PORT``; a server that died
+    with a TCP address gets that address again, but not required: if another program holds it now, the server
+    comes back on its socket alone rather than anywhere else.
+    """
+    if port is not None or host is not None:
+        return (default_port() if port is None else port), host or "127.0.0.1", True
+    if stale is not None and stale.get("port") is not None:
+        return int(stale["port"]), stale.get("host") or "127.0.0.1", False
+    return env_port(), "127.0.0.1", True
+
+
+def ensure_server(dbpath: str | Path | None = None, *, port: int | None = None, host: str | None = None,
                   idle_timeout: float | None | str = "default", timeout: float = 60.0) -> tuple[ServerInfo, bool]:
     """The server of ``dbpath``, started in the background if none runs; returns (info, started_now).
 
-    ``port=None``: the port a crashed predecessor had, else ``$MONGOTUNE_SERVER_PORT``
-    or 27117, falling back to a free port when taken.  An explicit ``port`` must be free.
+    It always listens on its private socket.  TCP only when asked: ``port``
+    (0 = any free port) or ``host`` (then on ``$MONGOTUNE_SERVER_PORT`` or
+    27117), or ``$MONGOTUNE_SERVER_PORT``; a port that is taken is an error,
+    never a silent move.  A crashed predecessor's TCP address is asked again.
     """
     dbpath = resolve_dbpath(dbpath)
     info = find_server(dbpath)
@@ -218,7 +273,7 @@ def ensure_server(dbpath: str | Path | None = None, *, port: int | None = None, 
         check_port(port)
     if idle_timeout == "default":
         idle_timeout = default_idle_timeout()
-    dbpath.mkdir(parents=True, exist_ok=True)
+    private_dir(dbpath)
     deadline = time.monotonic() + timeout
     with _exclusive(dbpath / START_LOCK, deadline):
         while True:
@@ -226,19 +281,18 @@ def ensure_server(dbpath: str | Path | None = None, *, port: int | None = None, 
             if info is not None:
                 return info, False
             stale = read_state_file(dbpath)  # left by a server that died
-            want, fallback = port, False
-            if want is None:
-                fallback = True
-                want = int(stale["port"]) if stale else default_port()
+            want, want_host, required = _tcp_wanted(port, host, stale)
             try:
-                state, _ = embedded.spawn(dbpath, want, host, daemon=True, port_fallback=fallback,
+                state, _ = embedded.spawn(dbpath, want, want_host, daemon=True, tcp_required=required,
                                           idle_timeout=idle_timeout, timeout=max(1.0, deadline - time.monotonic()))
             except ServerBusy:
                 continue  # a foreground server took the directory meanwhile: wait for it to answer
             info = ServerInfo.from_state(state, dbpath)
             if stale:
-                log.warning("the embedded server (pid %s) had died; restarted it as pid %d on port %d",
-                            stale.get("pid"), info.pid, info.port)
+                log.warning("the embedded server (pid %s) had died; restarted it as pid %d on %s", stale.get("pid"),
+                            info.pid, info.socket + (f" and {info.tcp_url}" if info.tcp else ""))
+            if info.tcp_error:
+                log.warning("the restarted embedded server does not listen on TCP: %s", info.tcp_error)
             return info, True
 
 
@@ -258,7 +312,8 @@ def _wait_for_holder(dbpath: Path, deadline: float) -> ServerInfo | None:
 
 
 def embedded_url(dbpath: str | Path | None = None, timeout: float = 60.0) -> str:
-    """A URL of the embedded server on ``dbpath`` (default ``$MONGOTUNE_HOME/db``), started if needed."""
+    """The URL of the embedded server on ``dbpath`` (default ``$MONGOTUNE_HOME/db``), started if needed:
+    its private Unix socket."""
     return ensure_server(dbpath, timeout=timeout)[0].url
 
 
@@ -325,12 +380,39 @@ def _short_command(cmdline: list[str]) -> str:
     return text if len(text) <= 100 else text[:99] + "…"
 
 
-def connected_clients(info: ServerInfo) -> list[Client] | None:
-    """The processes connected to the server, from the kernel's socket tables (None if unreadable).
+def _command_of(pid: int | None) -> str:
+    import psutil
 
-    The server's own sockets give the peers; the system-wide table maps a local peer to its process
-    (where it cannot be read, e.g. on macOS without root, peers are listed by address only).
+    if pid is None:
+        return "?"
+    try:
+        return _short_command(psutil.Process(pid).cmdline())
+    except (psutil.Error, OSError):
+        return "?"
+
+
+def _socket_peers(info: ServerInfo, settle_s: float = 0.5) -> list[dict] | None:
+    """The socket's peers as the server publishes them in ``clients.json`` (None if it does not).
+
+    Our own ``find_server`` probe may still be listed for a moment after it
+    closed: while this process is listed, look again for up to ``settle_s``.
     """
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            doc = json.loads((info.dbpath / CLIENTS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("server_pid") != info.pid:
+            return None
+        peers = [c for c in doc.get("clients") or () if isinstance(c, dict)]
+        if all(c.get("pid") != os.getpid() for c in peers) or time.monotonic() >= deadline:
+            return peers
+        time.sleep(0.02)
+
+
+def _tcp_peers(info: ServerInfo) -> list[tuple[str, int, int | None]] | None:
+    """(ip, port, pid or None) of each TCP connection to the server, from the kernel's socket tables."""
     import psutil
 
     try:
@@ -348,19 +430,34 @@ def connected_clients(info: ServerInfo) -> list[Client] | None:
                     owners[(c.laddr.ip, c.laddr.port)] = c.pid
         except (psutil.Error, OSError):
             pass
+    return [(ip, port, owners.get((ip, port))) for ip, port in sorted(peers)]
+
+
+def connected_clients(info: ServerInfo) -> list[Client] | None:
+    """The processes connected to the server (None if that cannot be told).
+
+    Socket peers come from the server itself (it reads each one's pid and uid
+    from the kernel as it connects); TCP peers from the kernel's socket
+    tables, the system-wide one mapping a local peer to its process (where it
+    cannot be read, e.g. on macOS without root, they are listed by address only).
+    """
+    unix = _socket_peers(info) if info.socket else []
+    tcp = _tcp_peers(info) if info.tcp else []
+    if unix is None or tcp is None:
+        return None
     by_pid: dict[int | None, Client] = {}
-    for peer in sorted(peers, key=lambda p: (str(owners.get(p)), p)):
-        pid = owners.get(peer)
+
+    def client(pid, uid=None) -> Client:
         if pid not in by_pid:
-            command = "?"
-            if pid is not None:
-                try:
-                    command = _short_command(psutil.Process(pid).cmdline())
-                except (psutil.Error, OSError):
-                    pass
-            by_pid[pid] = Client(pid=pid, command=command)
-        by_pid[pid].addresses.append(f"{peer[0]}:{peer[1]}")
-    return list(by_pid.values())
+            by_pid[pid] = Client(pid=pid, command=_command_of(pid), uid=uid)
+        return by_pid[pid]
+
+    for peer in unix:
+        c = client(peer.get("pid"), peer.get("uid"))
+        c.addresses += [f"unix:{info.socket}"] * int(peer.get("connections") or 1)
+    for ip, port, pid in tcp:
+        client(pid).addresses.append(f"{ip}:{port}")
+    return sorted(by_pid.values(), key=lambda c: (c.pid is None, c.pid or 0))
 
 
 def server_status(dbpath: str | Path | None = None) -> ServerStatus:
