@@ -17,9 +17,14 @@ Template
 Values
     Each argument is passed to the child as one argv element, so a value can
     never start a new command (``a; rm -rf ~`` is just an odd string).  A
-    template that needs a shell says so itself (``sh -c '...'``): inside the
-    script argument of ``sh``/``bash``/``dash``/``zsh``/``ksh -c``, values are
-    shell-quoted (``shlex.quote``).  Floats are written in Python's shortest
+    template that needs a shell says so itself, in any form that hands a
+    script to a POSIX shell (``sh -c '...'``, ``bash -o pipefail -c '...'``,
+    ``env sh -c``, ``timeout 60 bash -c``, ...): in that script a value is
+    quoted for where its placeholder stands (outside quotes, inside '...' or
+    inside "..."); a placeholder inside ``$(...)``, backquotes, ``${...}``,
+    arithmetic, a comment or a here-document is refused at launch, as is one
+    in a string that ``env -S``, ``flock -c``, ``su -c``, ``watch`` or ``ssh``
+    hands to a shell (``_shell``).  Floats are written in Python's shortest
     round-trip form (``0.001``), ints as ints, strings as they are, anything
     else (bools, lists, dicts from a JSON space) as JSON.
 
@@ -37,7 +42,10 @@ Metric lines (stdout; stderr is logged and shown, not parsed)
     ``... - val_accuracy: 0.9123 - val_loss: ...``), or a JSON object per line
     (``{"val_accuracy": 0.9, "step": 3}``; ``step`` or ``epoch`` gives the
     step, otherwise readings are numbered 1, 2, 3 ...).  A name only matches
-    whole: ``accuracy`` does not match ``val_accuracy``.
+    whole: ``accuracy`` does not match ``val_accuracy``.  Output is read with
+    bounded memory (a line is parsed up to 64 KiB), and readings reach the
+    worker (the curve, the pruner) coalesced: a burst of 5, then at most 4 a
+    second, the latest reading kept for its turn and the last always sent.
 
 Environment of the child
     ``CUDA_VISIBLE_DEVICES`` (the worker's GPU), ``MONGOTUNE_TRIAL_ID``,
@@ -45,7 +53,8 @@ Environment of the child
     ``MONGOTUNE_TRIAL_DIR`` (the attempt's artifact directory, also the
     working directory unless the study has a ``workdir``) and
     ``PYTHONUNBUFFERED=1`` (so Python scripts' prints arrive as they happen).
-    The worker's database password (``MONGOTUNE_MONGO_PASSWORD``) is removed.
+    Every ``MONGOTUNE_MONGO*`` variable of the worker (the database's URL, its
+    password, the files holding them) is removed.
 
 Stopping
     A pruned, cancelled or timed-out child and everything it started (its
@@ -53,12 +62,19 @@ Stopping
     trial's private ``MONGOTUNE_RUN_TOKEN`` in its environment, even one that
     left the group) gets SIGTERM, then SIGKILL after ``kill_grace_s``.  The
     same sweep runs after a command exits by itself, so nothing it left
-    running in the background survives the trial.
+    running in the background survives the trial.  Should the worker itself
+    die (SIGKILL, the OOM killer), the child gets SIGKILL from the kernel
+    (``PR_SET_PDEATHSIG``) and a small guard process, which sees the worker's
+    pipe close, SIGKILLs the child's process group and every carrier of the
+    run token.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import logging
 import math
 import os
 import queue
@@ -66,6 +82,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -75,14 +92,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, TrialFailure, TrialPruned
+from . import _shell
 
 KIND = "command"
 GOALS = ("max", "min")
 AGGREGATIONS = ("last", "max", "min", "mean")
 DEFAULT_KILL_GRACE_S = 10.0
-SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
 TAIL_LINES = 20
 TAIL_CHARS = 2000
+READ_CHUNK = 64 * 1024
+MAX_LINE = 64 * 1024  # a longer line is parsed up to here (the log keeps all of it)
+QUEUE_BATCHES = 64  # output read but not yet parsed: at most this many reads (a few MB)
+REPORT_BURST = 5  # readings handed to the worker at once ...
+REPORT_RATE = 4.0  # ... then at most this many a second (the latest waits its turn; the last always goes)
+
+log = logging.getLogger("mongotune.command")
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _NAME_RE = re.compile(rf"^{_NAME}$")
@@ -280,18 +304,6 @@ def parse_params(specs: list[str] | tuple[str, ...], base: dict | None = None) -
 # ------------------------------------------------------------- placeholders
 
 
-def _shell_script_index(argv: list[str]) -> int | None:
-    """Index of the script argument when argv is ``sh -c SCRIPT ...`` (or bash/dash/zsh/ksh)."""
-    if os.path.basename(argv[0]) not in SHELLS:
-        return None
-    for i, arg in enumerate(argv[1:], start=1):
-        if arg.startswith("--") or not arg.startswith("-"):
-            return None
-        if "c" in arg[1:]:
-            return i + 1 if i + 1 < len(argv) else None
-    return None
-
-
 def _lookup(params: dict, name: str) -> Any:
     value: Any = params
     for part in name.split("."):
@@ -312,45 +324,86 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def _fill(arg: str, known: set[str] | None, lookup, quote: bool, whole_colon_strict: bool = True) -> str:
-    """Replace the placeholders of one argument.
+@dataclass(frozen=True)
+class _Slot:
+    """A placeholder in an argument: the param it names and how the template wrote it."""
 
-    ``known`` set: validation mode (lookup raises for unknown names);
-    ``lookup(name) -> str`` gives a value's text.
+    name: str
+    text: str
+
+
+def _pieces(arg: str, known: set[str] | None, whole_colon_strict: bool = True) -> list[str | _Slot]:
+    """One argument as literal text and placeholders (``{{``/``}}`` already turned into braces).
+
+    ``known`` (the space's names) decides which ``:name:`` are placeholders;
+    an unknown ``{name}`` raises ConfigError.
     """
-    def colon(m: re.Match) -> str:
-        name = m.group(1)
-        if known is not None and name.split(".")[0] not in known:
-            if whole_colon_strict and m.group(0) == arg:
-                raise ConfigError(f"command: placeholder :{name}: has no --param (params: {', '.join(sorted(known)) or 'none'})")
-            return m.group(0)
-        text = lookup(name)
-        return shlex.quote(text) if quote else text
+    out: list[str | _Slot] = []
 
-    def piece(segment: str) -> str:
-        return _COLON_RE.sub(colon, segment)
+    def colons(segment: str) -> None:
+        pos = 0
+        for m in _COLON_RE.finditer(segment):
+            name = m.group(1)
+            if known is not None and name.split(".")[0] not in known:
+                if whole_colon_strict and m.group(0) == arg:
+                    raise ConfigError(f"command: placeholder :{name}: has no --param (params: "
+                                      f"{', '.join(sorted(known)) or 'none'})")
+                continue
+            out.extend([segment[pos:m.start()], _Slot(name, m.group(0))])
+            pos = m.end()
+        out.append(segment[pos:])
 
-    out = []
     pos = 0
     for m in _BRACE_RE.finditer(arg):
-        out.append(piece(arg[pos:m.start()]))
+        colons(arg[pos:m.start()])
         pos = m.end()
         token = m.group(0)
-        if token == "{{":
-            out.append("{")
-        elif token == "}}":
-            out.append("}")
+        if token in ("{{", "}}"):
+            out.append(token[0])
+            continue
+        name = m.group(1).strip()
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"command: unknown placeholder {token} (write {{name}} for a param, "
+                              f"{{{{ and }}}} for literal braces)")
+        if known is not None and name.split(".")[0] not in known:
+            raise ConfigError(f"command: placeholder {{{name}}} has no --param (params: "
+                              f"{', '.join(sorted(known)) or 'none'}; write {{{{ and }}}} for literal braces)")
+        out.append(_Slot(name, "{" + name + "}"))
+    colons(arg[pos:])
+    return out
+
+
+def _refusal(slot: _Slot, form: tuple[str, str], where: str | None = None) -> ConfigError:
+    kind, what = form
+    if kind == "refuse":
+        return ConfigError(f"command: placeholder {slot.text} cannot be filled safely there ({what}); give the "
+                           f"command as separate arguments, or as sh -c 'SCRIPT' with the placeholder outside quotes")
+    return ConfigError(f"command: placeholder {slot.text} is {where} in the script of `{what} -c`, where a value "
+                       f"cannot be quoted safely; put it outside quotes and substitutions (mongotune quotes it "
+                       f"there) or pass it as an argument: {what} -c '... \"$1\" ...' {what} {slot.text}")
+
+
+def _fill(arg: str, form: tuple[str, str] | None, known: set[str] | None, lookup,
+          whole_colon_strict: bool = True) -> str:
+    """One argument with its placeholders replaced by ``lookup(name)``: as they are, or quoted for the shell
+    that reads this argument (``form``, from ``_shell.forms``).  A placeholder where no value can be quoted
+    safely raises ConfigError, at launch and on a worker alike."""
+    pieces = _pieces(arg, known, whole_colon_strict)
+    slots = [p for p in pieces if isinstance(p, _Slot)]
+    if not slots or form is None:
+        return "".join(lookup(p.name) if isinstance(p, _Slot) else p for p in pieces)
+    if form[0] == "refuse":
+        raise _refusal(slots[0], form)
+    where = iter(_shell.contexts("".join(_shell.MARK if isinstance(p, _Slot) else p for p in pieces)))
+    out = []
+    for p in pieces:
+        if isinstance(p, _Slot):
+            context = next(where)
+            if context not in _shell.QUOTABLE:
+                raise _refusal(p, form, context)
+            out.append(_shell.quote(lookup(p.name), context))
         else:
-            name = m.group(1).strip()
-            if not _NAME_RE.match(name):
-                raise ConfigError(f"command: unknown placeholder {token} (write {{name}} for a param, "
-                                  f"{{{{ and }}}} for literal braces)")
-            if known is not None and name.split(".")[0] not in known:
-                raise ConfigError(f"command: placeholder {{{name}}} has no --param (params: "
-                                  f"{', '.join(sorted(known)) or 'none'}; write {{{{ and }}}} for literal braces)")
-            text = lookup(name)
-            out.append(shlex.quote(text) if quote else text)
-    out.append(piece(arg[pos:]))
+            out.append(p)
     return "".join(out)
 
 
@@ -363,15 +416,17 @@ def placeholders(argv: list[str], space: dict) -> set[str]:
         used.add(name)
         return ""
 
-    for arg in argv:
-        _fill(arg, known, record, quote=False)
+    forms = _shell.forms(argv)
+    for i, arg in enumerate(argv):
+        _fill(arg, forms.get(i), known, record)
     return used
 
 
 def render(argv: list[str], params: dict, space_names: set[str] | None = None) -> list[str]:
-    """The argv of one trial: placeholders filled from ``params`` (shell-quoted inside ``sh -c`` scripts)."""
+    """The argv of one trial: placeholders filled from ``params``, quoted where a shell reads them
+    (see ``_shell``).  Raises ConfigError for a placeholder no value may fill safely."""
     known = set(space_names) if space_names is not None else set(params)
-    script = _shell_script_index(argv)
+    forms = _shell.forms(argv)
 
     def lookup(name: str) -> str:
         try:
@@ -380,7 +435,7 @@ def render(argv: list[str], params: dict, space_names: set[str] | None = None) -
             raise TrialFailure("config", f"placeholder {name} has no value in this trial's params "
                                          f"({', '.join(sorted(params))})") from None
 
-    return [_fill(arg, known, lookup, quote=(i == script), whole_colon_strict=False) for i, arg in enumerate(argv)]
+    return [_fill(arg, forms.get(i), known, lookup, whole_colon_strict=False) for i, arg in enumerate(argv)]
 
 
 def check_relative_paths(argv: list[str], workdir: str | None, cwd: str | Path | None = None) -> None:
@@ -589,6 +644,145 @@ def terminate_tree(proc: subprocess.Popen, token: str | None, grace_s: float) ->
         proc.wait()
 
 
+# ------------------------------------------------------------ a watchdog the trial cannot outlive
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(sig: int = signal.SIGKILL):
+    """A ``preexec_fn``: the kernel sends ``sig`` to the child when the thread that started it ends,
+    however its process ends (SIGKILL and the OOM killer included).  None where there is no ``prctl``.
+
+    The thread that starts the child must live as long as the child does (``run_command`` waits for it).
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:  # in the child, between fork and exec
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent was gone before the call above
+            os.kill(os.getpid(), sig)
+
+    return arm
+
+
+# Run as `python -I -S -c _GUARD_CODE`; reads "TOKEN\n", then "PGID\n", then "done\n" on its stdin. If the pipe
+# closes before "done" (the worker died), it SIGKILLs the process group and every process of this user whose
+# environment carries MONGOTUNE_RUN_TOKEN=TOKEN, until none has been seen three times in a row.
+_GUARD_CODE = r"""
+import os, signal, sys, time
+data = b""
+while True:
+    try:
+        chunk = os.read(0, 4096)
+    except InterruptedError:
+        continue
+    if not chunk:
+        break
+    data += chunk
+words = data.decode("ascii", "replace").split()
+if not words or words[-1] == "done":
+    sys.exit(0)
+mark = b"MONGOTUNE_RUN_TOKEN=" + words[0].encode()
+pgid = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+me, uid = os.getpid(), os.getuid()
+
+def sweep():
+    if pgid:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+    hit = 0
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        names = []
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat("/proc/" + name).st_uid != uid:
+                continue
+            with open("/proc/" + name + "/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if mark in env:
+            try:
+                os.kill(int(name), signal.SIGKILL)
+                hit += 1
+            except OSError:
+                pass
+    return hit
+
+end, quiet = time.monotonic() + 10, 0
+while quiet < 3 and time.monotonic() < end:
+    quiet = 0 if sweep() else quiet + 1
+    time.sleep(0.1)
+"""
+
+
+class _Guard:
+    """A small process, in its own session, that ends the trial's processes if this process dies first.
+
+    The child itself dies with the worker (``die_with_parent``); the guard takes the rest: whatever the child
+    started, in its process group or out of it (anything that carries the trial's run token).  A trial that
+    ends normally tells the guard so (``release``) after ``terminate_tree``.
+    """
+
+    def __init__(self, token: str):
+        env = {k: os.environ[k] for k in ("PATH", "LD_LIBRARY_PATH") if k in os.environ}
+        try:
+            self.proc: subprocess.Popen | None = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _GUARD_CODE], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True, env=env)
+        except OSError as exc:
+            log.warning("no watchdog for this trial's processes (%s): should this worker be killed, what the "
+                        "command started may outlive it", exc)
+            self.proc = None
+        self._send(f"{token}\n")
+
+    def _send(self, text: str) -> None:
+        if self.proc is None or self.proc.stdin is None or self.proc.stdin.closed:
+            return
+        try:
+            self.proc.stdin.write(text.encode())
+            self.proc.stdin.flush()
+        except OSError:  # the guard is gone: the child still dies with this process
+            pass
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"{pgid}\n")
+
+    def release(self) -> None:
+        """The trial's processes are gone: the guard leaves without doing anything."""
+        if self.proc is None:
+            return
+        self._send("done\n")
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - it exits as soon as it reads "done"
+            self.proc.kill()
+            self.proc.wait()
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -605,30 +799,45 @@ def _tail(path: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
     return text[-chars:]
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 def _pump(stream, log_path: str, name: str, out: queue.Queue) -> None:
-    """Copy one pipe to its log file; put each complete line (split on \\n and \\r) on the queue."""
-    with open(log_path, "ab", buffering=0) as log:
-        pending = b""
+    """Copy one pipe to its log file; hand its lines (split on \\n and \\r) to ``out``, a batch per read.
+
+    Memory stays bounded: ``out`` holds at most QUEUE_BATCHES batches (while it is full this thread waits,
+    and so, once the pipe is full, does the child), and a line is handed over up to MAX_LINE bytes (the log
+    keeps all of it).
+    """
+    with open(log_path, "ab", buffering=0) as log_file:
+        pending, skipping = b"", False  # skipping: the rest of an over-long line, for the log only
         while True:
-            chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+            chunk = stream.read1(READ_CHUNK) if hasattr(stream, "read1") else stream.read(READ_CHUNK)
             if not chunk:
                 break
-            log.write(chunk)
-            pending += chunk
-            *lines, pending = re.split(rb"\r\n|\r|\n", pending)
-            for raw in lines:
-                out.put((name, raw.decode("utf-8", errors="replace")))
-            if len(pending) > 1 << 20:  # a very long line without a newline: take it as it is
-                out.put((name, pending.decode("utf-8", errors="replace")))
-                pending = b""
-        if pending:
-            out.put((name, pending.decode("utf-8", errors="replace")))
+            log_file.write(chunk)
+            *whole, pending = _LINE_END.split(pending + chunk)
+            batch = []
+            for raw in whole:
+                if not skipping:
+                    batch.append(raw[:MAX_LINE].decode("utf-8", errors="replace"))
+                skipping = False
+            if len(pending) > MAX_LINE:
+                if not skipping:
+                    batch.append(pending[:MAX_LINE].decode("utf-8", errors="replace"))
+                pending, skipping = b"", True
+            if batch:
+                out.put((name, batch))
+        if pending and not skipping:
+            out.put((name, [pending.decode("utf-8", errors="replace")]))
     out.put((name, None))
 
 
 def child_env(settings: CommandSettings, params: dict, ctx, token: str, base: dict | None = None) -> dict:
-    env = dict(os.environ if base is None else base)
-    env.pop("MONGOTUNE_MONGO_PASSWORD", None)
+    """The child's environment: the worker's, less every ``MONGOTUNE_MONGO*`` variable (the database's URL,
+    password and their files), plus the trial's variables (see the module docstring)."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith("MONGOTUNE_MONGO") and k != "MONGOTUNE_LIFELINE_FD"}
     gpu = getattr(ctx, "gpu", None)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -645,119 +854,231 @@ def child_env(settings: CommandSettings, params: dict, ctx, token: str, base: di
     return env
 
 
+class _Readings:
+    """A run's readings of its metric, aggregated as they come: constant memory, however many there are."""
+
+    def __init__(self):
+        self.count, self.total, self.low, self.high = 0, 0.0, math.inf, -math.inf
+        self.last: tuple[int, float] | None = None
+
+    def add(self, step: int, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.low, self.high = min(self.low, value), max(self.high, value)
+        self.last = (step, value)
+
+    def value(self, how: str) -> float:
+        if how not in AGGREGATIONS:
+            raise ConfigError(f"metric aggregation: {how!r} is not one of {', '.join(AGGREGATIONS)}")
+        return {"last": self.last[1] if self.last else math.nan, "max": self.high, "min": self.low,
+                "mean": self.total / self.count if self.count else math.nan}[how]
+
+
+class _Reporter:
+    """Hands readings to ``ctx.report_step`` (a database write and a pruning question each), coalesced.
+
+    A burst of REPORT_BURST goes at once, then at most REPORT_RATE a second: a reading that comes sooner
+    waits, replaced by any later one, and goes when its turn comes (``flush``; the last one always goes at
+    the end).  A reading at a step where the pruner must see the value (``ctx.extra["must_report"]``:
+    ASHA's rungs) goes at once.
+    """
+
+    def __init__(self, ctx, rate: float = REPORT_RATE, burst: int = REPORT_BURST):
+        self.ctx, self.rate, self.burst = ctx, rate, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+        self.waiting: tuple[int, float] | None = None
+        self.sent: tuple[int, float] | None = None
+        self.must = (getattr(ctx, "extra", None) or {}).get("must_report")
+
+    def offer(self, step: int, value: float) -> bool:
+        """Take a reading; True: the pruner stops the trial (at this reading)."""
+        self.waiting = (step, value)
+        if self.must is not None and self.must(step):
+            return self.flush()
+        return self.flush(due_only=True)
+
+    def flush(self, due_only: bool = False) -> bool:
+        """Send the waiting reading (``due_only``: if its turn has come); True: the pruner says stop."""
+        if self.waiting is None:
+            return False
+        now = time.monotonic()
+        self.tokens, self.at = min(float(self.burst), self.tokens + (now - self.at) * self.rate), now
+        if due_only and self.tokens < 1.0:
+            return False
+        self.sent, self.waiting = self.waiting, None
+        self.tokens -= 1.0
+        return bool(self.ctx.report_step(*self.sent))
+
+
+class _Run:
+    """One child of a trial, read until it ends or has to stop (see ``run_command``)."""
+
+    def __init__(self, settings: CommandSettings, ctx, proc: subprocess.Popen, token: str, logs: tuple[str, str],
+                 poll_s: float):
+        self.settings, self.ctx, self.proc, self.token, self.poll_s = settings, ctx, proc, token, poll_s
+        self.lines: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.pumps = [threading.Thread(target=_pump, args=(stream, path, name, self.lines), daemon=True,
+                                       name=f"cmd-{name}-{ctx.tid}")
+                      for stream, path, name in ((proc.stdout, logs[0], "stdout"), (proc.stderr, logs[1], "stderr"))]
+        for t in self.pumps:
+            t.start()
+        self.parser = MetricParser(settings.metric)
+        self.readings = _Readings()
+        self.reporter = _Reporter(ctx)
+        self.last_stdout: deque[str] = deque(maxlen=5)
+        self.latest: str | None = None
+        self.shown: tuple[float, str | None] = (0.0, None)  # when the last output line went to set_progress
+        self.started = time.monotonic()
+        self.deadline = self.started + settings.timeout_s if settings.timeout_s else None
+        self.exited_at: float | None = None
+        self.swept = False
+
+    def read(self) -> tuple[str, Any] | None:
+        """Read the child's output until both pipes close; return why it had to stop early, if it did:
+        ``("pruned" | "nan", (step, value))``, ``("timeout" | "interrupted", None)``."""
+        open_streams = 2
+        while open_streams:
+            try:
+                source, batch = self.lines.get(timeout=self.poll_s)
+            except queue.Empty:
+                source = batch = None
+            if source is not None and batch is None:
+                open_streams -= 1
+            elif batch:
+                stop = self.take(source, batch)
+                if stop is not None:
+                    return stop
+            if self.reporter.flush(due_only=True):
+                return "pruned", self.reporter.sent
+            self.show()
+            stop = self.check()
+            if stop is not None:
+                return stop
+            if self.abandoned():
+                break
+        return None
+
+    def take(self, source: str, batch: list[str]) -> tuple[str, Any] | None:
+        for line in batch:
+            if line.strip():
+                self.latest = line
+                if source == "stdout":
+                    self.last_stdout.append(line)
+            reading = self.parser.parse(line) if source == "stdout" else None
+            if reading is None:
+                continue
+            if not math.isfinite(reading[1]):
+                return "nan", reading
+            self.readings.add(*reading)
+            if self.reporter.offer(*reading):
+                return "pruned", reading
+        return None
+
+    def check(self) -> tuple[str, None] | None:
+        if self.ctx.should_stop():
+            return "interrupted", None
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return "timeout", None
+        return None
+
+    def abandoned(self) -> bool:
+        """The command is done but something it started holds its pipes open: end that, and after a while
+        stop reading a pipe that a process which hid from the sweep still holds."""
+        if self.proc.poll() is None:
+            return False
+        now = time.monotonic()
+        if self.exited_at is None:
+            self.exited_at = now
+        elif not self.swept and now - self.exited_at > 2.0:
+            terminate_tree(self.proc, self.token, self.settings.kill_grace_s)
+            self.swept = True
+        elif self.swept and now - self.exited_at > 2.0 + self.settings.kill_grace_s + 10.0:
+            return True
+        return False
+
+    def show(self, force: bool = False) -> None:
+        if self.latest is not None and self.latest != self.shown[1] and hasattr(self.ctx, "set_progress"):
+            now = time.monotonic()
+            if force or now - self.shown[0] >= 0.25:
+                self.ctx.set_progress({"last_output": self.latest[-300:]})
+                self.shown = (now, self.latest)
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Let the pipe readers finish (they may wait on a full queue nobody reads any more)."""
+        end = time.monotonic() + timeout
+        while any(t.is_alive() for t in self.pumps) and time.monotonic() < end:
+            try:
+                self.lines.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+def _start(argv: list[str], cwd: str, env: dict, token: str) -> tuple[subprocess.Popen, _Guard]:
+    """The child in its own session, dying with this thread, and its guard."""
+    guard = _Guard(token)
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                                preexec_fn=die_with_parent())
+    except OSError as exc:
+        guard.release()
+        raise TrialFailure("exec", f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+    except subprocess.SubprocessError as exc:  # the preexec_fn failed in the child
+        guard.release()
+        raise TrialFailure("exec", f"cannot run {argv[0]!r}: {exc}") from None
+    guard.watch(proc.pid)
+    return proc, guard
+
+
 def run_command(settings: CommandSettings, params: dict, ctx, *, poll_s: float = 0.05) -> dict:
     """Run one trial of a command study and return its result (see the module docstring).
 
     Raises TrialFailure (``exec``, ``exit``, ``timeout``, ``no-metric``, ``nan``,
     ``interrupted``, ``config``) or TrialPruned.
     """
-    argv = render(settings.command, params)
+    try:
+        argv = render(settings.command, params)
+    except ConfigError as exc:
+        raise TrialFailure("config", str(exc)) from None
     trial_dir = str(ctx.artifacts_dir)
     os.makedirs(trial_dir, exist_ok=True)
     cwd = settings.workdir or trial_dir
     if not os.path.isdir(cwd):
         raise TrialFailure("config", f"workdir {cwd} does not exist on this worker")
-    out_log = os.path.join(trial_dir, "stdout.log")
-    err_log = os.path.join(trial_dir, "stderr.log")
+    logs = (os.path.join(trial_dir, "stdout.log"), os.path.join(trial_dir, "stderr.log"))
     with open(os.path.join(trial_dir, "command.json"), "w") as fh:
         json.dump({"argv": argv, "cwd": cwd, "params": params}, fh, default=format_value, indent=1)
     token = uuid.uuid4().hex
+    proc, guard = _start(argv, cwd, child_env(settings, params, ctx, token), token)
+    run = _Run(settings, ctx, proc, token, logs, poll_s)
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=child_env(settings, params, ctx, token),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, close_fds=True)
-    except OSError as exc:
-        raise TrialFailure("exec", f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
-
-    lines: queue.Queue = queue.Queue()
-    pumps = [threading.Thread(target=_pump, args=(proc.stdout, out_log, "stdout", lines), daemon=True,
-                              name=f"cmd-stdout-{ctx.tid}"),
-             threading.Thread(target=_pump, args=(proc.stderr, err_log, "stderr", lines), daemon=True,
-                              name=f"cmd-stderr-{ctx.tid}")]
-    for t in pumps:
-        t.start()
-
-    parser = MetricParser(settings.metric)
-    readings: list[tuple[int, float]] = []
-    last_stdout: deque[str] = deque(maxlen=5)
-    open_streams = 2
-    started = time.monotonic()
-    deadline = started + settings.timeout_s if settings.timeout_s else None
-    exited_at: float | None = None
-    swept = False
-    shown: tuple[float, str | None] = (0.0, None)  # when the last output line was handed to set_progress
-    latest: str | None = None
-    stop: tuple[str, Any] | None = None  # why the run was cut short
-
-    def show(force: bool = False) -> None:
-        nonlocal shown
-        if latest is not None and latest != shown[1] and hasattr(ctx, "set_progress"):
-            now = time.monotonic()
-            if force or now - shown[0] >= 0.25:
-                ctx.set_progress({"last_output": latest[-300:]})
-                shown = (now, latest)
-
-    try:
-        while open_streams:
-            try:
-                source, line = lines.get(timeout=poll_s)
-            except queue.Empty:
-                source = line = None
-            if source is not None and line is None:
-                open_streams -= 1
-            elif line is not None:
-                if line.strip():
-                    latest = line
-                    if source == "stdout":
-                        last_stdout.append(line)
-                reading = parser.parse(line) if source == "stdout" else None
-                if reading is not None:
-                    step, value = reading
-                    readings.append(reading)
-                    if not math.isfinite(value):
-                        stop = ("nan", reading)
-                        break
-                    if ctx.report_step(step, value):
-                        stop = ("pruned", reading)
-                        break
-            show()
-            if ctx.should_stop():
-                stop = ("interrupted", None)
-                break
-            now = time.monotonic()
-            if deadline is not None and now > deadline:
-                stop = ("timeout", None)
-                break
-            if proc.poll() is not None:
-                if exited_at is None:
-                    exited_at = now
-                elif not swept and now - exited_at > 2.0:
-                    # the command is done but something it started holds its pipes open: end that
-                    terminate_tree(proc, token, settings.kill_grace_s)
-                    swept = True
-                elif swept and now - exited_at > 2.0 + settings.kill_grace_s + 10.0:
-                    break  # a pipe held by a process that hid from the sweep: stop reading it
+        stop = run.read()
+        if stop is None or stop[0] != "pruned":
+            run.reporter.flush()  # the last reading always reaches the curve (a prune answer now comes too late)
     finally:
         terminate_tree(proc, token, settings.kill_grace_s)  # the child if it runs, and whatever it left
-        for t in pumps:
-            t.join(timeout=10)
-        show(force=True)
+        run.drain()
+        run.show(force=True)
+        guard.release()
+    return _outcome(settings, run, stop, proc.returncode, logs[1])
 
-    returncode = proc.returncode
-    elapsed = time.monotonic() - started
-    if stop is not None:
-        kind, reading = stop
-        if kind == "pruned":
-            raise TrialPruned(reading[0], reading[1], result=_result(settings, readings, elapsed, None))
-        if kind == "interrupted":
-            raise TrialFailure("interrupted", "trial stopped: lease lost or worker shutting down; "
-                                              "the command was terminated")
-        if kind == "timeout":
-            raise TrialFailure("timeout", f"command ran past its timeout of {settings.timeout_s:g} s and was "
-                                          f"terminated{_stderr_note(err_log)}")
-        if kind == "nan":
-            raise TrialFailure("nan", f"{settings.metric} was {reading[1]} at step {reading[0]}; "
-                                      f"the command was terminated{_stderr_note(err_log)}")
+
+def _outcome(settings: CommandSettings, run: _Run, stop: tuple[str, Any] | None, returncode: int | None,
+             err_log: str) -> dict:
+    """The trial's result, or the TrialFailure / TrialPruned that says how it ended."""
+    elapsed = time.monotonic() - run.started
+    kind, reading = stop if stop is not None else (None, None)
+    if kind == "pruned":
+        raise TrialPruned(reading[0], reading[1], result=_result(settings, run.readings, elapsed, None))
+    if kind == "interrupted":
+        raise TrialFailure("interrupted", "trial stopped: lease lost or worker shutting down; "
+                                          "the command was terminated")
+    if kind == "timeout":
+        raise TrialFailure("timeout", f"command ran past its timeout of {settings.timeout_s:g} s and was "
+                                      f"terminated{_stderr_note(err_log)}")
+    if kind == "nan":
+        raise TrialFailure("nan", f"{settings.metric} was {reading[1]} at step {reading[0]}; "
+                                  f"the command was terminated{_stderr_note(err_log)}")
     if returncode != 0:
         if returncode < 0:
             try:
@@ -767,24 +1088,23 @@ def run_command(settings: CommandSettings, params: dict, ctx, *, poll_s: float =
         else:
             how = f"exited with code {returncode}"
         raise TrialFailure("exit", f"command {how}{_stderr_note(err_log)}")
-    if not readings:
-        shown = " | ".join(last_stdout) or "(none)"
+    if not run.readings.count:
+        shown = " | ".join(run.last_stdout) or "(none)"
         raise TrialFailure("no-metric", f"command printed no {settings.metric} reading (expected lines like "
                                         f"'{settings.metric}=0.9', '{settings.metric}: 0.9' or a JSON object); "
                                         f"last stdout lines: {shown[-TAIL_CHARS:]}{_stderr_note(err_log)}")
-    return _result(settings, readings, elapsed, returncode)
+    return _result(settings, run.readings, elapsed, returncode)
 
 
-def _result(settings: CommandSettings, readings: list[tuple[int, float]], elapsed: float,
-            returncode: int | None) -> dict:
+def _result(settings: CommandSettings, readings: _Readings, elapsed: float, returncode: int | None) -> dict:
     """The trial's result from its readings: the metric aggregated as asked, and the loss to minimise."""
-    metric = aggregate([v for _, v in readings], settings.aggregate)
+    metric = readings.value(settings.aggregate)
     result = {
         "status": "ok",
         "loss": -metric if settings.goal == "max" else metric,
         settings.metric: metric,
-        "readings": len(readings),
-        "last_step": readings[-1][0],
+        "readings": readings.count,
+        "last_step": readings.last[0],
         "duration_s": round(elapsed, 3),
     }
     if returncode is not None:

@@ -426,3 +426,129 @@ def test_a_grandchild_holding_the_pipes_does_not_hang_the_trial(tmp_path):
     res = run_command(settings([PY, job]), {}, Ctx(tmp_path / "t"))
     assert res["val_accuracy"] == 0.6
     assert wait_dead(pids_of(tmp_path / "t"), timeout=0) == []
+
+
+# ------------------------------------------------------------- shell forms
+
+
+PRINT_ARGS = "printf '<%s>' "  # each word the shell ends up with, bracketed
+NASTY = "a'b \"c\" $(touch {m}) `touch {m}` ; touch {m} \\ \n$HOME *"
+
+
+@pytest.mark.parametrize("argv", [
+    ["sh", "-c", PRINT_ARGS + "{x}"],
+    ["sh", "-c", PRINT_ARGS + "'{x}'"],
+    ["sh", "-c", PRINT_ARGS + '"{x}"'],
+    ["bash", "-o", "pipefail", "-c", PRINT_ARGS + "{x} | cat"],
+    ["bash", "-euo", "pipefail", "-c", PRINT_ARGS + '"{x}"'],
+    ["bash", "--norc", "-c", PRINT_ARGS + "{x}"],
+    ["bash", "-c", "-e", PRINT_ARGS + "{x}"],  # the script is the first argument after the options
+    ["env", "sh", "-c", PRINT_ARGS + "{x}"],
+    ["env", "LC_ALL=C", "/bin/sh", "-c", PRINT_ARGS + ":x:"],
+    ["timeout", "60", "bash", "-c", PRINT_ARGS + "'{x}'"],
+    ["timeout", "-s", "KILL", "60", "bash", "-lc", PRINT_ARGS + "pre{x}post"],
+    ["nice", "-n", "5", "dash", "-c", PRINT_ARGS + '"pre {x} post"'],
+    ["sh", "-c", "( " + PRINT_ARGS + "{x} )"],
+])
+def test_values_are_quoted_in_every_shell_form(tmp_path, argv):
+    """Whatever wraps the shell and wherever the placeholder stands (bare, in '...', in "..."), the script
+    sees the value as it is, as one word, and nothing in it runs."""
+    marker = tmp_path / "pwned"
+    value = NASTY.format(m=marker)
+    space = {"x": {"hp": "choice", "options": [value]}}
+    assert make_settings(argv, metric="v", space=space, check_paths=False)[0].command == argv  # launch takes it
+    filled = render(argv, {"x": value})
+    out = __import__("subprocess").run(filled, capture_output=True, text=True, timeout=60, check=True).stdout
+    word = value if "pre" not in argv[-1] else ("pre" + value + "post" if "pre{" in argv[-1] else f"pre {value} post")
+    assert out == f"<{word}>", (filled, out)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["sh", "-c", "echo $(echo {x})"], "inside $(...)"),
+    (["bash", "-c", 'echo "$(echo {x})"'], "inside $(...)"),
+    (["sh", "-c", "echo `echo {x}`"], "inside backquotes"),
+    (["sh", "-c", "echo ${X:-{x}}"], "inside ${...}"),
+    (["bash", "-c", "echo $(( {x} + 1 ))"], "inside $((...))"),
+    (["bash", "-c", "echo $'{x}'"], "inside $'...'"),
+    (["sh", "-c", "cat <<EOF\n{x}\nEOF"], "here-document"),
+    (["sh", "-c", "echo hi # {x}"], "in a comment"),
+    (["sh", "-c", "echo \\{x}"], "after a backslash"),
+    (["bash", "-c", 'echo "$(case a in a) echo {x};; esac)"'], "case statement"),
+    (["env", "-S", "python t.py {x}"], "env -S splits its string"),
+    (["flock", "/tmp/lock", "-c", "python t.py {x}"], "flock -c runs its string through a shell"),
+    (["su", "me", "-c", "python t.py {x}"], "su -c runs its string"),
+    (["ssh", "gpu-box", "python", "t.py", "{x}"], "remote host's shell"),
+    (["watch", "-n", "5", "python", "t.py", ":x:"], "watch runs its command"),
+    (["fish", "-c", "python t.py {x}"], "fish -c runs a fish script"),
+])
+def test_placeholders_a_shell_would_misread_are_refused_at_launch(tmp_path, argv, says):
+    space = {"x": {"hp": "choice", "options": ["a"]}}
+    with pytest.raises(ConfigError) as err:
+        make_settings(argv, metric="v", space=space, check_paths=False)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    # and a study that reached a worker anyway (written to the database by other means) fails with the reason
+    with pytest.raises(TrialFailure) as failed:
+        run_command(settings(argv), {"x": "a"}, Ctx(tmp_path / "t"))
+    assert failed.value.kind == "config" and says in failed.value.reason
+
+
+def test_the_child_sees_no_database_variable(tmp_path, monkeypatch):
+    for name, value in [("MONGOTUNE_MONGO", "mongodb://u@db/x"), ("MONGOTUNE_MONGO_FILE", "/run/url"),
+                        ("MONGOTUNE_MONGO_PASSWORD", "s3cret"), ("MONGOTUNE_MONGO_PASSWORD_FILE", "/run/pw"),
+                        ("MONGOTUNE_MONGO_ANYTHING_NEW", "x")]:
+        monkeypatch.setenv(name, value)
+    job = script(tmp_path, """
+        import json, os
+        json.dump(sorted(k for k in os.environ if k.startswith("MONGOTUNE")),
+                  open(os.path.join(os.environ["MONGOTUNE_TRIAL_DIR"], "keys.json"), "w"))
+        print("val_accuracy=1")
+    """)
+    run_command(settings([PY, job]), {}, Ctx(tmp_path / "t"))
+    keys = json.loads((tmp_path / "t" / "keys.json").read_text())
+    assert not [k for k in keys if k.startswith("MONGOTUNE_MONGO")], keys
+    assert "MONGOTUNE_TRIAL_ID" in keys and "MONGOTUNE_RUN_TOKEN" in keys
+
+
+# ------------------------------------------------------------- bounded output
+
+
+def test_a_chatty_child_is_read_in_bounded_memory_with_few_reports(tmp_path):
+    """200,000 metric lines and a 20 MB line without a newline: every reading is aggregated, the worker is
+    handed a few a second (the last one always), and the objective's memory stays small."""
+    import tracemalloc
+
+    job = script(tmp_path, """
+        import sys
+        w = sys.stdout.write
+        w("x" * 20_000_000)  # one huge line
+        w(" val_accuracy=0.001\\n")  # ... whose end is past what is parsed: no reading
+        for i in range(1, 200_001):
+            w(f"batch {i} loss=0.3 val_accuracy={i / 200_000:.6f}\\n")
+    """)
+    ctx = Ctx(tmp_path / "t")
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        res = run_command(settings([PY, job], aggregate="mean"), {}, ctx)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    took = time.monotonic() - started
+    assert res["readings"] == 200_000 and res["val_accuracy"] == pytest.approx(0.5, abs=1e-5)
+    assert ctx.steps[-1] == (200_000, 1.0)  # the last reading always reaches the worker
+    assert len(ctx.steps) <= 5 + 4 * took + 2, (len(ctx.steps), took)
+    assert [s for s, _ in ctx.steps] == sorted(s for s, _ in ctx.steps)
+    assert peak < 40 * 2 ** 20, peak  # the queue of unparsed output is bounded (about 8 MB at most)
+    assert (tmp_path / "t" / "stdout.log").stat().st_size > 20_000_000  # the log keeps everything
+
+
+def test_readings_the_pruner_needs_are_not_coalesced_away(tmp_path):
+    """Steps where the pruner decides (ASHA's rungs) reach the worker at once, however fast they come."""
+    job = script(tmp_path, "for i in range(1, 3001):\n    print(f'val_accuracy={i / 3000}')\n")
+    ctx = Ctx(tmp_path / "t")
+    rungs = {1, 3, 9, 27, 81, 243, 729, 2187}
+    ctx.extra = {"must_report": lambda step: step in rungs}
+    run_command(settings([PY, job]), {}, ctx)
+    steps = [s for s, _ in ctx.steps]
+    assert rungs <= set(steps) and steps[-1] == 3000 and len(steps) < 100
