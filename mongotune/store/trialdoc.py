@@ -17,14 +17,16 @@ transition      applies to                          effect
 ``stamp``       a new trial (before fmin inserts)   params, attempts 0, empty curve
 ``reserve``     queued trials of given studies      running, fresh lease token per attempt
 ``heartbeat``   running, this lease                 refresh_time (server clock), progress
-``report``      running, this lease, step not seen  one point appended to the curve
+``report``      running, this lease, step not seen  one point appended to the curve (a run's
+                                                    points thinned past CURVE_MAX_POINTS)
 ``finish``      running under this lease, or        done with the result (ok, fail or pruned)
-                queued/running after this lease
-                expired (first finished wins)
+                queued/running after this lease     and the attempt's artifacts; a late result
+                expired (first finished wins)       also moves its run's points to the end
 ``release``     running, this lease                 queued again, no attempt counted
 ``requeue``     running or error (operator)         queued again with the reason
 ``expire``      running, heartbeat older than       queued again (attempt counted) or failed
-                the study's lease                   after ``max_attempts``
+                the study's lease (checked again    after ``max_attempts``; nothing for a lease
+                in the write itself)                after the server is reached again
 ==============  ==================================  =========================================
 
 A lease is named by the study, the tid *and* the token, so a heartbeat or a
@@ -37,7 +39,23 @@ A result computed under a lease that expired meanwhile (a worker frozen or
 cut off from the database) is still taken if nobody has finished the trial
 yet: the trial ends with it, and a worker that had taken the trial over sees
 its own lease end at its next heartbeat and stops.  A trial already finished
-never changes again.
+never changes again.  The trial then keeps the result, the curve and the
+artifacts of that one attempt: ``finish`` writes the attempt's artifacts and
+puts its run last on the curve (readers take the last run as the trial's).
+
+A trial's document stays small whatever its objective prints: each run's
+curve is capped (past CURVE_MAX_POINTS points it is thinned to half as many,
+spread evenly over its steps, the first and the last kept, and any step the
+pruner decides at).
+
+Expiry is judged twice: a trial is read as stale, and the write that requeues
+it matches only while its heartbeat is still older than the lease, so a
+heartbeat that lands in between keeps it.  And for one lease after the
+server is reached again (an outage, a restart), nothing expires: every worker
+was cut off as long as the reaper, and gets a full lease to heartbeat again.
+A return counts when this store's own reap failed and then got through, or
+when its client's monitor lost the server and found it again
+(``_Reachability``).
 """
 
 from __future__ import annotations
@@ -46,11 +64,13 @@ import datetime
 import logging
 import math
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
 import pymongo
+import pymongo.monitoring
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._codec import decode, encode
@@ -62,6 +82,7 @@ QUEUED, RUNNING, DONE, ERROR = 0, 1, 2, 3
 DEFAULT_LEASE_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
 TRACEBACK_TAIL_LINES = 15
+CURVE_MAX_POINTS = 1000  # points of one run on a trial's curve before it is thinned to half (~100 kB)
 
 Outcome = Literal["queued", "running", "ok", "failed", "pruned", "error"]
 
@@ -250,6 +271,47 @@ class Lease:
         return {"lease_token": self.token}
 
 
+class _Reachability(pymongo.monitoring.ServerListener):
+    """When this process's clients found a server again after losing it (monotonic clock).
+
+    pymongo marks a server unknown when an operation or its monitor cannot
+    reach it, and known again once it answers; the first discovery of a
+    server is not a return.  Registered for every client this process opens
+    after mongotune's store is imported.
+    """
+
+    def __init__(self):
+        self.known: set = set()  # (topology, address) seen reachable
+        self.back_at: dict = {}  # (topology, address) -> when it came back
+        self._lock = threading.Lock()
+
+    def opened(self, event) -> None:
+        pass
+
+    def closed(self, event) -> None:
+        pass
+
+    def description_changed(self, event) -> None:
+        key = (event.topology_id, event.server_address)
+        if not event.new_description.is_server_type_known:
+            return
+        with self._lock:
+            if key in self.known and not event.previous_description.is_server_type_known:
+                self.back_at[key] = time.monotonic()
+            self.known.add(key)
+
+    def last_return(self, client) -> float | None:
+        """When a server of ``client`` last came back (None: never lost, as far as this process saw)."""
+        topology = getattr(getattr(client, "_topology", None), "_topology_id", None)
+        with self._lock:
+            times = [t for (top, _), t in self.back_at.items() if topology is None or top == topology]
+        return max(times) if times else None
+
+
+_REACHABILITY = _Reachability()
+pymongo.monitoring.register(_REACHABILITY)
+
+
 def server_now(db) -> datetime.datetime:
     """The server's clock (naive UTC), so that expiry is judged on one clock."""
     try:
@@ -292,6 +354,8 @@ class TrialStore:
     def __init__(self, db, jobs=None):
         self.db = db
         self.jobs = jobs if jobs is not None else db.jobs
+        self._reap_failed = False  # the last reap could not reach the server
+        self._back_at: float | None = None  # when a reap reached it again (monotonic)
 
     # ------------------------------------------------------------ set-up
     def ensure_indexes(self) -> None:
@@ -368,11 +432,14 @@ class TrialStore:
             update["$set"] = {"progress": encode(progress)}
         return self.jobs.update_one(lease.filter, update).matched_count == 1
 
-    def report(self, lease: Lease, step: int, value: float, t: float) -> bool:
+    def report(self, lease: Lease, step: int, value: float, t: float, *, keep=None,
+               limit: int = CURVE_MAX_POINTS) -> bool:
         """Append one reading of the study's metric to the trial's curve (once per step and attempt).
 
         False: the lease is no longer held, or the step was already recorded
-        (a retried write whose reply was lost).
+        (a retried write whose reply was lost).  Once this run has ``limit``
+        points, they are thinned to half as many (``thin_points``; ``keep(step)``
+        names steps that stay), so a trial's document stays small.
 
         A retry sends the very same point (its wall-clock time is the lease's
         booking time plus ``t``), so ``$addToSet`` adds it once; the curve as it
@@ -389,7 +456,14 @@ class TrialStore:
         before = self.jobs.find_one_and_update(
             lease.filter, {"$addToSet": {"curve": encode(point)}, "$currentDate": {"refresh_time": True}},
             projection=["curve"], return_document=pymongo.ReturnDocument.BEFORE)
-        return before is not None and not _has_step(before, point["step"], point["lease"])
+        added = before is not None and not _has_step(before, point["step"], point["lease"])
+        if added and limit:
+            curve = [*(before.get("curve") or []), encode(point)]
+            mine = [p for p in curve if isinstance(p, dict) and p.get("lease") == point["lease"]]
+            if len(mine) >= limit:
+                others = [p for p in curve if not (isinstance(p, dict) and p.get("lease") == point["lease"])]
+                self.jobs.update_one(lease.filter, {"$set": {"curve": others + thin_points(mine, limit // 2, keep)}})
+        return added
 
     def has_step(self, lease: Lease, step: int) -> bool:
         doc = self.jobs.find_one(lease.filter, projection=["curve"])
@@ -397,22 +471,43 @@ class TrialStore:
 
     # ------------------------------------------------------------ the end of an attempt
     def finish(self, lease: Lease, result: dict, extra: dict | None = None) -> bool:
-        """Record a result (ok, failed or pruned).  Also taken after the lease expired, as long as
-        nobody has finished the trial yet (first finished wins).  Idempotent under retries."""
+        """Record a result (ok, failed or pruned) with ``extra`` (the attempt's ``artifacts``, duration,
+        worker).  Also taken after the lease expired, as long as nobody has finished the trial yet (first
+        finished wins).  Idempotent under retries."""
         fields = {"state": DONE, "result": validate_result(result), "lease_token": None,
                   "finished_lease": lease.token, **(extra or {})}
-        update = {"$set": encode(fields), "$currentDate": {"refresh_time": True, "finished": True},
-                  "$inc": {"version": 1}}
         # the usual case, the lease still held, by its token alone (cheap on the embedded server);
         # then the whole condition, which also takes a result after the lease expired
-        if self.jobs.update_one(lease.filter, update).matched_count == 1:
+        if self.jobs.update_one(lease.filter, _finish_update(fields)).matched_count == 1:
             return True
-        cond = {"exp_key": lease.exp_key, "tid": lease.tid, "state": {"$in": [QUEUED, RUNNING]},
-                "$or": [{"lease_token": lease.token}, {"lease_expiries.token": lease.token}]}
-        if self.jobs.update_one(cond, update).matched_count == 1:
+        if self._finish_late(lease, {"artifacts": None, **fields}):
             return True
         return self.jobs.count_documents({"exp_key": lease.exp_key, "tid": lease.tid,
                                           "finished_lease": lease.token}, limit=1) == 1
+
+    def _finish_late(self, lease: Lease, fields: dict, tries: int = 5) -> bool:
+        """First finished wins, after this lease expired: the result goes with this attempt's artifacts
+        (``fields``) and this run's points are moved after those of any later run, so the trial's last
+        run is the one whose result it keeps.  Each try is conditional on the trial not having changed
+        since it was read (``refresh_time``: every heartbeat and curve point changes it)."""
+        cond = {"exp_key": lease.exp_key, "tid": lease.tid, "state": {"$in": [QUEUED, RUNNING]},
+                "$or": [{"lease_token": lease.token}, {"lease_expiries.token": lease.token}]}
+        for _ in range(tries):
+            doc = self.jobs.find_one(cond, projection=["curve", "refresh_time"])
+            if doc is None:
+                return False
+            tag = lease.token[:12]
+            curve = [p for p in doc.get("curve") or [] if isinstance(p, dict)]
+            mine = [p for p in curve if p.get("lease") == tag]
+            moved = {}
+            if mine and curve[-1] is not mine[-1]:
+                moved = {"curve": [p for p in curve if p.get("lease") != tag] + mine}
+            update = _finish_update({**fields, **moved})
+            if self.jobs.update_one({**cond, "_id": doc["_id"], "refresh_time": doc.get("refresh_time")},
+                                    update).matched_count == 1:
+                return True
+        # the trial keeps changing under us (a busy heartbeat): take the result without moving the curve
+        return self.jobs.update_one(cond, _finish_update(fields)).matched_count == 1
 
     def release(self, lease: Lease, reason: str) -> bool:
         """Put the trial back in the queue at once (graceful shutdown); no attempt is counted."""
@@ -450,42 +545,75 @@ class TrialStore:
 
         ``leases`` maps an ``exp_key`` to ``(lease_seconds, max_attempts)``.
         Safe from many processes at once: each change is conditional on the
-        expired token.  Returns ``[(tid, "requeued" | "failed")]``.
+        expired token and on the heartbeat still being too old.  Returns
+        ``[(tid, "requeued" | "failed")]``.
         """
+        done: list[tuple[int, str]] = []
+        try:
+            now = server_now(self.db) if leases else None
+            for doc, (lease_s, max_attempts) in self.stale(leases, now):
+                outcome = self.expire_one(doc, lease_s, max_attempts, now)
+                if outcome is not None:
+                    done.append((doc["tid"], outcome))
+        except pymongo.errors.PyMongoError:
+            self._reap_failed = True  # the next reap that gets through starts a grace period
+            raise
+        return done
+
+    def stale(self, leases: dict[str, tuple[float, int]],
+              now: datetime.datetime | None = None) -> list[tuple[dict, tuple[float, int]]]:
+        """The running trials whose heartbeat is older than their study's lease at ``now`` (the server's
+        clock), each with its study's ``(lease_s, max_attempts)``.  None for one lease after this process
+        found the server again: every worker was cut off too, and gets a full lease to heartbeat."""
         if not leases:
             return []
-        now = server_now(self.db)
-        done = []
+        now = now or server_now(self.db)
         # the running trials of every study (few), by state alone; study and age checked here
         running = list(self.jobs.find({"state": RUNNING},
                                       projection=["tid", "exp_key", "lease_token", "attempts", "owner", "refresh_time"]))
+        if self._reap_failed:  # this reap is the first to get through again
+            self._reap_failed, self._back_at = False, time.monotonic()
+        # a return this store saw itself, or one its client's monitor saw (told up to a second late)
+        back = max((t for t in (self._back_at, _REACHABILITY.last_return(self.db.client)) if t is not None),
+                   default=None)
+        since_back = math.inf if back is None else time.monotonic() - back
+        out = []
         for exp_key, (lease_s, max_attempts) in leases.items():
+            if since_back < lease_s:
+                continue
             cutoff = now - datetime.timedelta(seconds=lease_s)
-            stale = [d for d in running if d.get("exp_key") == exp_key
-                     and isinstance(d.get("refresh_time"), datetime.datetime) and d["refresh_time"] < cutoff]
-            for doc in stale:
-                attempts = int(doc.get("attempts") or 0) + 1
-                token = doc.get("lease_token")
-                age = (now - doc["refresh_time"]).total_seconds() if doc.get("refresh_time") else math.inf
-                note = {"owner": doc.get("owner"), "silent_s": round(age, 1), "attempt": attempts, "token": token}
-                cond = (Lease(doc["_id"], doc["tid"], exp_key, token, attempts).filter if token else
-                        {"exp_key": exp_key, "tid": doc["tid"], "state": RUNNING, "lease_token": None})
-                if attempts >= max_attempts:
-                    reason = (f"lease expired {attempts} times (no heartbeat for {lease_s:.0f}s); "
-                              f"last owner {doc.get('owner')}")
-                    fields = {"state": DONE, "lease_token": None, "attempts": attempts,
-                              "result": failure_result("lease", reason)}
-                    outcome = "failed"
-                else:
-                    fields = {**_REQUEUED, "attempts": attempts}
-                    outcome = "requeued"
-                res = self.jobs.update_one(cond, {"$set": fields, "$push": {"lease_expiries": note},
-                                                  "$inc": {"version": 1}, "$currentDate": {"refresh_time": True}})
-                if res.matched_count:
-                    log.warning("trial %s of %s: worker %s silent for %.0fs; %s (attempt %d/%d)",
-                                doc["tid"], exp_key, doc.get("owner"), age, outcome, attempts, max_attempts)
-                    done.append((doc["tid"], outcome))
-        return done
+            out += [(d, (lease_s, max_attempts)) for d in running if d.get("exp_key") == exp_key
+                    and isinstance(d.get("refresh_time"), datetime.datetime) and d["refresh_time"] < cutoff]
+        return out
+
+    def expire_one(self, doc: dict, lease_s: float, max_attempts: int, now: datetime.datetime) -> str | None:
+        """Requeue or fail one trial ``stale`` found, if it still holds the same lease and its heartbeat is
+        still older than ``now - lease_s``; None when it changed meanwhile (a heartbeat landed)."""
+        exp_key, tid = doc["exp_key"], doc["tid"]
+        cutoff = now - datetime.timedelta(seconds=lease_s)
+        attempts = int(doc.get("attempts") or 0) + 1
+        token = doc.get("lease_token")
+        age = (now - doc["refresh_time"]).total_seconds()
+        note = {"owner": doc.get("owner"), "silent_s": round(age, 1), "attempt": attempts, "token": token}
+        cond = (Lease(doc["_id"], tid, exp_key, token, attempts).filter if token else
+                {"exp_key": exp_key, "tid": tid, "state": RUNNING, "lease_token": None})
+        cond["refresh_time"] = {"$lt": cutoff}
+        if attempts >= max_attempts:
+            reason = (f"lease expired {attempts} times (no heartbeat for {lease_s:.0f}s); "
+                      f"last owner {doc.get('owner')}")
+            fields = {"state": DONE, "lease_token": None, "attempts": attempts,
+                      "result": failure_result("lease", reason)}
+            outcome = "failed"
+        else:
+            fields = {**_REQUEUED, "attempts": attempts}
+            outcome = "requeued"
+        res = self.jobs.update_one(cond, {"$set": fields, "$push": {"lease_expiries": note},
+                                          "$inc": {"version": 1}, "$currentDate": {"refresh_time": True}})
+        if not res.matched_count:
+            return None
+        log.warning("trial %s of %s: worker %s silent for %.0fs; %s (attempt %d/%d)",
+                    tid, exp_key, doc.get("owner"), age, outcome, attempts, max_attempts)
+        return outcome
 
     # ====================================================================== reads
     def counts(self, exp_key: str) -> Counts:
@@ -618,6 +746,29 @@ class TrialStore:
 
 _RUNNING_FIELDS = ["tid", "exp_key", "state", "worker", "book_time", "refresh_time", "progress", "attempts",
                    "params", "curve", "artifacts"]
+
+
+def _finish_update(fields: dict) -> dict:
+    return {"$set": encode(fields), "$currentDate": {"refresh_time": True, "finished": True}, "$inc": {"version": 1}}
+
+
+def thin_points(points: list[dict], n: int, keep=None) -> list[dict]:
+    """About ``n`` of one run's ``points`` (in order), spread evenly over its steps: the first point of each of
+    ``n`` equal step ranges, the last point, and every point whose step ``keep(step)`` names."""
+    if len(points) <= n or n < 2:
+        return points
+    lo, hi = points[0].get("step", 0), points[-1].get("step", 0)
+    width = (hi - lo) / (n - 1) if hi > lo else 0
+    chosen, seen = {0, len(points) - 1}, set()
+    for i, p in enumerate(points):
+        step = p.get("step", 0)
+        rung = int((step - lo) / width) if width else i * n // len(points)
+        if rung not in seen:
+            seen.add(rung)
+            chosen.add(i)
+        if keep is not None and keep(step):
+            chosen.add(i)
+    return [points[i] for i in sorted(chosen)]
 
 
 def _has_step(doc: dict, step: int, lease: str) -> bool:

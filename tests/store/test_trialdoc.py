@@ -255,3 +255,77 @@ def test_one_coordinator_per_study_and_the_budget_fence(mongo_url):
     studies.release_coordinator("s", b)
     assert studies.coordinator("s") is None
     client.close()
+
+
+# ---------------------------------------------------------------- edges: racing heartbeats, late results, long curves
+def test_a_heartbeat_racing_expire_keeps_its_trial(store):
+    """The reaper reads a trial as stale; its heartbeat lands before the reaper's write: the write matches
+    nothing (it checks the heartbeat's age again), the trial stays with its worker, no attempt counted."""
+    _queue(store, 1)
+    lease = store.reserve(W1, [KEY])
+    _age(store, 1, 100)
+    (doc, (lease_s, max_attempts)), = store.stale({KEY: (10.0, 3)})
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    assert store.heartbeat(lease)  # lands between the read and the write
+    assert store.expire_one(doc, lease_s, max_attempts, now) is None
+    after = _doc(store, 1)
+    assert after["state"] == RUNNING and after["lease_token"] == lease.token
+    assert after["attempts"] == 0 and not after.get("lease_expiries")
+    assert store.heartbeat(lease) and store.expire({KEY: (10.0, 3)}) == []
+
+
+def test_a_late_result_keeps_its_own_curve_and_artifacts(store):
+    """First finished wins: the trial then shows that attempt's result, its curve as the last run, and its
+    files, not those of the attempt that had taken the trial over."""
+    _queue(store, 1)
+    a = store.reserve(W1, [KEY])
+    for step in (1, 2, 3):
+        store.report(a, step, 0.1 * step, float(step))
+    store.record_artifacts(a, "h1", "/runs/s/trial-00001/attempt-1")
+    _age(store, 1, 100)
+    assert store.expire({KEY: (10.0, 3)}) == [(1, "requeued")]
+    b = store.reserve(W2, [KEY])
+    for step in (1, 2):
+        store.report(b, step, 0.9, float(step))
+    store.record_artifacts(b, "h2", "/runs/s/trial-00001/attempt-2")
+    art = {"artifacts": {"host": "h1", "path": "/runs/s/trial-00001/attempt-1"}}
+    assert store.finish(a, {"loss": -0.3, "val_accuracy": 0.3}, art)  # worker 1 comes back with its result
+    rec = store.get(KEY, 1)
+    assert rec.outcome == "ok" and rec.loss == -0.3
+    assert rec.artifacts.host == "h1" and rec.artifacts.path.endswith("attempt-1")
+    assert [(p.step, p.value) for p in rec.last_curve] == [(1, 0.1), (2, 0.2), (3, 0.1 * 3)]
+    assert len(rec.curve) == 5  # the other run's points stay, before it
+    assert not store.heartbeat(b) and not store.finish(b, {"loss": -0.9})
+    assert store.finish(a, {"loss": -0.3}, art)  # a retry is recognised, and changes nothing
+    assert store.get(KEY, 1).last_curve == rec.last_curve
+
+
+def test_a_late_result_without_artifacts_does_not_keep_another_attempts(store):
+    _queue(store, 1)
+    a = store.reserve(W1, [KEY])
+    _age(store, 1, 100)
+    store.expire({KEY: (10.0, 3)})
+    b = store.reserve(W2, [KEY])
+    store.record_artifacts(b, "h2", "/runs/s/trial-00001/attempt-2")
+    assert store.finish(a, failure_result("config", "no artifact directory"))
+    assert _doc(store, 1)["artifacts"] is None
+
+
+def test_a_long_run_curve_is_thinned_evenly_and_keeps_the_steps_asked_for(store):
+    _queue(store, 1, 2)
+    old = store.reserve(W1, [KEY])
+    store.report(old, 1, 0.5, 1.0)
+    store.release(old, "worker shutdown")
+    run = store.reserve(W2, [KEY])
+    rungs = {3, 9, 27, 81}
+    for step in range(1, 301):
+        assert store.report(run, step, step / 300, float(step), keep=lambda s: s in rungs, limit=40)
+        assert len(_doc(store, 1)["curve"]) <= 1 + 40
+    rec = store.get(KEY, 1)
+    steps = [p.step for p in rec.last_curve]
+    assert steps[0] == 1 and steps[-1] == 300 and rungs <= set(steps) and steps == sorted(steps)
+    assert 20 <= len(steps) <= 40
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert max(gaps) <= 3 * 300 / 20  # spread over the whole run, not only its end
+    assert [(p.step, p.value) for p in rec.curve[:1]] == [(1, 0.5)]  # the earlier run is left alone
+    assert not store.report(run, 300, 1.0, 300.0, limit=40)  # a retried write is still recognised
