@@ -65,6 +65,7 @@ def test_command_study_runs_to_max_evals_with_the_printed_metric(mongo_url, tmp_
                for g, log in zip(("3", "5"), logs)]
     try:
         res = run_cli("launch", "--study", "cmd", "--mongo", mongo_url, "--max-evals", 6, "--algo", "rand", "-q",
+                      "--pruner", "none",
                       "--command", f"{PY} {script} --lr {{lr}} --layers :layers: --opt {{opt}}",
                       "--param", "lr:1e-3:1e-1:log", "--param", "layers:1:4:int", "--param", "opt:adam,sgd",
                       "--metric", "score", "--goal", "max", "--metric-agg", "max", timeout=300)
@@ -117,6 +118,7 @@ def test_failures_are_recorded_and_the_worker_goes_on(mongo_url, tmp_path):
                        extra_env={"TURNS_DIR": str(tmp_path)})
     try:
         res = run_cli("launch", "--study", "fails", "--mongo", mongo_url, "--max-evals", 4, "--algo", "rand", "-q",
+                      "--pruner", "none",
                       "--command", f"{PY} {script} {{x}}", "--param", "x:0:1", "--metric", "score",
                       "--timeout", "3s", timeout=300)
     finally:
@@ -224,9 +226,122 @@ def test_bad_command_input_is_one_error_line(mongo_url, tmp_path):
         (["--command", "python t.py --lr :lr:", "--param", "lr:0:1", "--goal", "up"], "goal"),
         (["baseline", "--command", "python t.py", "--param", "lr:0:1"], "not both"),
         (["--param", "lr:0:1"], "give a MODEL"),
+        (["--command", "bash -o pipefail -c 'python t.py $(echo {lr})'", "--param", "lr:0:1"],
+         "placeholder {lr} is inside $(...) in the script of `bash -c`"),
+        (["--command", "env -S 'python t.py {lr}'", "--param", "lr:0:1"], "env -S splits its string"),
     ]
     for args, says in cases:
         res = run_cli("launch", "--study", "bad", "--mongo", mongo_url, "--metric", "score", *args, timeout=120)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), (args, res.stderr)
         assert says in lines[0], (args, lines[0])
+
+
+# ------------------------------------------------------------- no orphans, bounded output
+
+FAMILY = """
+    import os, signal, subprocess, sys, time
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    kids = [subprocess.Popen([sys.executable, "-c", code]),                          # in the child's group
+            subprocess.Popen([sys.executable, "-c", code], start_new_session=True)]  # left the group
+    pids = os.path.join(os.environ["PIDS_DIR"], f"pids-{os.environ['MONGOTUNE_TRIAL_ID']}")
+    with open(pids + ".tmp", "w") as fh:
+        fh.write(" ".join(str(p) for p in [os.getpid()] + [k.pid for k in kids]))
+    os.rename(pids + ".tmp", pids)
+    step = 0
+    while True:
+        step += 1
+        print(f"score={step}", flush=True)
+        time.sleep(0.2)
+"""
+
+
+def _family(tmp_path: Path) -> list[int]:
+    files = sorted(tmp_path.glob("pids-*[0-9]"))
+    return [int(p) for f in files for p in f.read_text().split()]
+
+
+def _gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` for ``pids`` to end; return those still alive."""
+    try:
+        wait_for(lambda: not any(alive(p) for p in pids), timeout, 0.1, what="processes to end")
+    except AssertionError:
+        pass
+    return [p for p in pids if alive(p)]
+
+
+def test_sigkill_of_the_worker_leaves_no_process_of_its_trial(mongo_url, tmp_path):
+    script = write(tmp_path, "family.py", FAMILY)
+    log = tmp_path / "w.log"
+    worker = mongotune("worker", "--mongo", mongo_url, "--allow-user-code", log=log,
+                       extra_env={"PIDS_DIR": str(tmp_path)})
+    launch = mongotune("launch", "--study", "orphans", "--mongo", mongo_url, "--max-evals", 1, "-q", "--command",
+                       f"{PY} {script} {{x}}", "--param", "x:0:1", "--metric", "score", log=tmp_path / "launch.log")
+    try:
+        pids = wait_for(lambda: len(_family(tmp_path)) == 3 and _family(tmp_path), 120, what="the command's family")
+        assert all(alive(p) for p in pids)
+        worker.send_signal(signal.SIGKILL)  # no handler runs: the kernel and the trial's guard must do it
+        worker.wait(30)
+        left = _gone(pids, 5.0)
+        assert left == [], [psutil.Process(p).cmdline() for p in left if alive(p)]
+    finally:
+        stop(launch)
+        stop(worker)
+        for p in _family(tmp_path):
+            if alive(p):
+                psutil.Process(p).kill()
+
+
+def test_sigkill_of_launch_leaves_no_worker_and_no_trial_process(mongo_url, tmp_path):
+    script = write(tmp_path, "family.py", FAMILY)
+    launch = mongotune("launch", "--study", "lifeline", "--mongo", mongo_url, "--max-evals", 4, "--workers", 2,
+                       "-q", "--pruner", "none", "--command", f"{PY} {script} {{x}}", "--param", "x:0:1", "--metric", "score",
+                       log=tmp_path / "launch.log", extra_env={"PIDS_DIR": str(tmp_path)})
+    db = db_of(mongo_url)
+    try:
+        family = wait_for(lambda: len(_family(tmp_path)) == 6 and _family(tmp_path), 180,
+                          what="both workers' commands")
+        workers = [d["pid"] for d in db.workers.find({"status": {"$ne": "stopped"}})]
+        assert len(workers) == 2 and all(alive(p) for p in workers)
+        launch.send_signal(signal.SIGKILL)
+        launch.wait(30)
+        left = _gone(workers + family, 60.0)
+        assert left == [], [psutil.Process(p).cmdline() for p in left if alive(p)]
+        # they stopped as on SIGTERM: the trials went back to the queue, no attempt counted
+        running = [d for d in jobs(mongo_url, "lifeline") if d.get("requeues")]
+        assert len(running) == 2 and all(d["state"] == JOB_STATE_NEW and d["attempts"] == 0 for d in running)
+        assert {d["requeues"][-1]["reason"] for d in running} == {"worker shutdown"}
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+        for p in _family(tmp_path) + [d["pid"] for d in db.workers.find()]:
+            if alive(p):
+                psutil.Process(p).kill()
+
+
+CHATTY = """
+    import sys
+    w = sys.stdout.write
+    for i in range(1, 200_001):
+        w(f"{i}/200000 - loss: 0.31 - score: {i / 200_000:.6f}\\n")
+"""
+
+
+def test_a_child_printing_200000_metric_lines_is_one_small_ok_trial(mongo_url, tmp_path):
+    import bson
+
+    script = write(tmp_path, "chatty.py", CHATTY)
+    res = run_cli("launch", "--study", "chatty", "--mongo", mongo_url, "--max-evals", 1, "--workers", 1, "-q",
+                  "--pruner", "none",
+                  "--command", f"{PY} {script} {{x}}", "--param", "x:0:1", "--metric", "score", timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (doc,) = jobs(mongo_url, "chatty")
+    size = len(bson.encode(doc))
+    assert doc["state"] == JOB_STATE_DONE and doc["result"]["status"] == "ok", doc["result"]
+    assert doc["result"]["readings"] == 200_000 and doc["result"]["score"] == 1.0
+    assert size < 1_000_000, size
+    curve = [(p["step"], p["value"]) for p in doc["curve"]]
+    assert curve[-1] == (200_000, 1.0)  # the last reading is always written
+    took = doc["result"]["duration_s"]
+    assert len(curve) <= 5 + 4 * took + 2, (len(curve), took)  # a few writes a second
+    print(f"200,000 lines: {took:.1f} s, {len(curve)} curve points, document {size} bytes")

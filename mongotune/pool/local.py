@@ -6,6 +6,12 @@ Each worker is a separate ``mongotune worker`` process so that
 reaches the workers through a file only the user can read
 (``MONGOTUNE_MONGO_FILE``), never on their command lines or in their
 environment, so a password in it never shows in ``ps``.
+
+The workers end when the process that started them ends, however it ends
+(SIGKILL and the OOM killer included): each holds the read end of a pipe
+whose write end only this process has (``LIFELINE_ENV`` names the
+descriptor); when the pipe closes, the worker stops as on SIGTERM, handing
+its trial back.  This works whichever thread calls ``start``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 from .. import paths
 
 SECRET_ENV = ("MONGOTUNE_MONGO", "MONGOTUNE_MONGO_PASSWORD", "MONGOTUNE_MONGO_PASSWORD_FILE")
+LIFELINE_ENV = "MONGOTUNE_LIFELINE_FD"  # a worker's end of the pipe to the process that started it
 
 
 def visible_gpus() -> list[str]:
@@ -82,24 +89,29 @@ class LocalPool:
         self.procs: list[subprocess.Popen] = []
         self.log_paths: list[Path] = []
         self.url_file: Path | None = None
+        self._lifeline: int | None = None  # the write end; the kernel closes it when this process ends
 
     def start(self) -> "LocalPool":
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.url_file = write_secret(self.url)
         share = max(1, (os.cpu_count() or 1) // max(1, self.count))
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for i in range(self.count):
-            gpu = self.gpus[i % len(self.gpus)] if self.gpus else None
-            cmd = [sys.executable, "-m", "mongotune", "worker", "--gpu", gpu if gpu is not None else "none",
-                   *self.extra_args]
-            if self.study:
-                cmd += ["--study", self.study]
-            log_path = self.log_dir / f"worker-{stamp}-{i}.log"
-            with open(log_path, "ab") as out:
-                self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL,
-                                                   env=worker_env(gpu, share, str(self.url_file))))
-            self.log_paths.append(log_path)
+        read_end, self._lifeline = os.pipe()  # neither end is inherited unless passed on
+        try:
+            for i in range(self.count):
+                gpu = self.gpus[i % len(self.gpus)] if self.gpus else None
+                cmd = [sys.executable, "-m", "mongotune", "worker", "--gpu", gpu if gpu is not None else "none",
+                       *self.extra_args]
+                if self.study:
+                    cmd += ["--study", self.study]
+                log_path = self.log_dir / f"worker-{stamp}-{i}.log"
+                env = {**worker_env(gpu, share, str(self.url_file)), LIFELINE_ENV: str(read_end)}
+                with open(log_path, "ab") as out:
+                    self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                                       stdin=subprocess.DEVNULL, pass_fds=(read_end,), env=env))
+                self.log_paths.append(log_path)
+        finally:
+            os.close(read_end)
         return self
 
     def alive(self) -> int:
@@ -116,6 +128,9 @@ class LocalPool:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if self.url_file is not None:
             self.url_file.unlink(missing_ok=True)
 

@@ -19,12 +19,21 @@ What happens when things go wrong, in one place:
   to the queue at once, without counting an attempt;
 * the database goes away, for however long: every write is retried until it
   goes through (a log line says so); a finished result is first written to a
-  local spool file, so not even a crash of the waiting worker loses it: the
-  next worker started on this host delivers it.
+  spool file, so not even a crash of the waiting worker loses it: the next
+  worker that looks at the spool (at its start, then every 30 s) delivers it;
+  a file is deleted only once the database has the result, and a worker
+  claims it with a lock the kernel drops when the worker dies, so a kill at
+  any point of a delivery loses nothing;
+* anything else goes wrong in the loop (a server error that cannot be retried
+  as it is, a bug): it is logged, the trial handed back, and the loop goes on
+  after a pause that grows with repeated errors; no exception leaves ``run``;
+* started by ``launch --workers`` and the launch process ends, however it
+  ends: the worker stops as on SIGTERM (``LIFELINE_ENV``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -41,19 +50,23 @@ import pymongo
 from .. import paths
 from ..errors import TrialFailure, TrialPruned
 from ..objectives import TrialContext, get_objective, runs_user_code
-from ..search.pruners import Pruner, StudyCurves, TrialCurve, make_pruner, orient
+from ..search.pruners import ASHAPruner, Pruner, StudyCurves, TrialCurve, make_pruner, orient
 from ..store import RetryPolicy, decode, encode, open_client
 from ..store._connection import FOREVER, is_transient
 from ..store._url import parse_mongo_url
 from ..store.studies import Study, StudyStore
-from ..store.trialdoc import (DEFAULT_LEASE_S, DONE, RUNNING, Lease, TrialStore, failure_result, new_token,
-                              validate_result)
+from ..store.trialdoc import (CURVE_MAX_POINTS, DEFAULT_LEASE_S, DONE, RUNNING, Lease, TrialStore, failure_result,
+                              new_token, validate_result)
 from ..store.workers import WorkerRegistry
+from .local import LIFELINE_ENV
 
 log = logging.getLogger("mongotune.worker")
 
 STUDIES_REFRESH_S = 2.0
 REPORT_RETRY = RetryPolicy(max_wait_s=5.0, log_every_s=60.0)  # a curve point must not stall training for long
+SPOOL_RETRY_S = 30.0  # how often a worker looks for spooled results nobody is delivering
+SPOOL_DIR_ENV = "MONGOTUNE_SPOOL_DIR"  # where finished results wait for the database (default $MONGOTUNE_HOME/spool)
+SPOOL_PAUSE_ENV = "MONGOTUNE_TEST_SPOOL_PAUSE"  # tests only: wait at this point of spooling, to be killed there
 
 
 @dataclass
@@ -70,7 +83,8 @@ class WorkerConfig:
     artifacts: str | None = None  # this host's artifact root (default $MONGOTUNE_ARTIFACTS or $MONGOTUNE_HOME/artifacts)
     allowed_roots: list[str] = field(default_factory=list)  # where files named by a study may be read
     allow_user_code: bool = False  # run command studies and user model functions
-    spool_dir: str | None = None  # finished results waiting for the database (default $MONGOTUNE_HOME/spool)
+    spool_dir: str | None = None  # finished results waiting for the database (default $MONGOTUNE_SPOOL_DIR, else
+    #                               $MONGOTUNE_HOME/spool); may be shared by the workers of several hosts
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
@@ -141,6 +155,8 @@ class _CurveCache:
 class Worker:
     def __init__(self, config: WorkerConfig):
         self.config = config
+        self._stop = threading.Event()
+        _watch_lifeline(self)
         self.retry = FOREVER
         parsed = parse_mongo_url(config.url)  # a malformed URL fails now, with one line
         self.client, self.db, self.parsed = open_client(parsed, check=False)
@@ -153,13 +169,13 @@ class Worker:
         self.id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.info = {"id": self.id, "host": self.host, "pid": os.getpid(), "gpu": config.gpu}
         self.artifacts_root = Path(os.path.expanduser(config.artifacts)) if config.artifacts else paths.artifacts_dir()
-        self.spool = Path(config.spool_dir) if config.spool_dir else paths.home() / "spool"
+        self.spool = Path(config.spool_dir or os.environ.get(SPOOL_DIR_ENV) or paths.home() / "spool")
+        self._spool_checked = -1e9
         from ..data import default_cache_dir
 
         self.allowed_roots = [Path(os.path.expanduser(r)).resolve() for r in
                               [*config.allowed_roots, *_env_roots(), str(default_cache_dir()), str(self.artifacts_root)]]
         self.trials_done = 0
-        self._stop = threading.Event()
         self._current: Lease | None = None
         self._progress: dict | None = None
         self._lock = threading.Lock()
@@ -316,48 +332,100 @@ class Worker:
         safe = lease.exp_key.replace(":", "_").replace("/", "_")
         return self.spool / f"{safe}-{lease.tid}-{lease.token}.json"
 
+    def _spool_hook(self, point: str) -> None:
+        """Tests kill a worker at a chosen point of spooling (``MONGOTUNE_TEST_SPOOL_PAUSE=POINT``): it
+        leaves ``paused-POINT`` in the spool and waits there."""
+        if os.environ.get(SPOOL_PAUSE_ENV) == point:
+            (self.spool / f"paused-{point}").touch()
+            time.sleep(3600)
+
     def _deliver(self, lease: Lease, result: dict, extra: dict) -> bool:
-        """Write a finished result, keeping it on disk until the database has taken it."""
+        """Write a finished result, kept on disk (and locked by this worker) until the database has it."""
         path = self._spool_path(lease)
+        fd = _spool_write(path, {"exp_key": lease.exp_key, "tid": lease.tid, "token": lease.token,
+                                 "attempt": lease.attempt, "result": encode(result), "extra": encode(extra)})
         try:
-            self.spool.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"exp_key": lease.exp_key, "tid": lease.tid, "token": lease.token,
-                                       "attempt": lease.attempt, "result": encode(result), "extra": encode(extra)}))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot spool trial %s's result to %s (%s); delivering from memory", lease.tid, path, exc)
-        ok = self.retry.call(lambda: self.trials.finish(lease, result, extra), "report result")
-        path.unlink(missing_ok=True)
+            self._spool_hook("spooled")
+            ok = self.retry.call(lambda: self.trials.finish(lease, result, extra), "report result")
+            path.unlink(missing_ok=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
         return ok
 
     def flush_spool(self) -> int:
-        """Deliver results that an earlier worker on this host finished but could not write."""
+        """Deliver the spooled results that no live worker is delivering (this host's earlier workers', or
+        any worker's on a spool they share); return how many were taken.
+
+        Each file is claimed with a lock the kernel drops when its holder dies,
+        and deleted only once the database has the result: a kill at any point
+        leaves it for the next flush.  An error leaves it there too; none
+        escapes (the next flush, SPOOL_RETRY_S later, tries again).
+        """
+        self._spool_checked = time.monotonic()
         if not self.spool.is_dir():
             return 0
-        n = 0
+        _adopt_old_claims(self.spool)
+        delivered = 0
         for path in sorted(self.spool.glob("*.json")):
-            claimed = path.with_name(path.name + f".{os.getpid()}")
             try:
-                os.rename(path, claimed)  # one worker per file
-            except OSError:
-                continue
+                delivered += self._flush_one(path)
+            except Exception as exc:  # noqa: BLE001 - the file stays for the next flush
+                log.error("spooled result %s not delivered (%s: %s); trying again later", path.name,
+                          type(exc).__name__, exc)
+        return delivered
+
+    def _flush_one(self, path: Path) -> int:
+        fd = _claim(path)
+        if fd is None:
+            return 0  # delivered meanwhile, or another live worker is delivering it
+        try:
+            self._spool_hook("claimed")
             try:
-                held = json.loads(claimed.read_text())
+                held = json.loads(_read_fd(fd))
                 lease = Lease(None, int(held["tid"]), held["exp_key"], held["token"], int(held.get("attempt", 1)))
-                ok = self.retry.call(lambda: self.trials.finish(lease, decode(held["result"]),
-                                                                decode(held.get("extra") or {})), "report result")
-                log.info("trial %s: spooled result %s", lease.tid, "delivered" if ok else
-                         "dropped (the trial was finished by another worker)")
-                n += ok
-            except (ValueError, KeyError, OSError) as exc:
-                log.warning("unreadable spooled result %s: %s", claimed.name, exc)
-            claimed.unlink(missing_ok=True)
-        return n
+                result, extra = decode(held["result"]), decode(held.get("extra") or {})
+            except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
+                bad = path.with_name(path.name + ".unreadable")
+                log.warning("unreadable spooled result %s (%s): kept as %s", path.name, exc, bad.name)
+                os.replace(path, bad)
+                return 0
+            ok = self.retry.call(lambda: self.trials.finish(lease, result, extra), "report result")
+            self._spool_hook("delivered")
+            path.unlink(missing_ok=True)
+            log.info("trial %s: spooled result %s", lease.tid, "delivered" if ok else
+                     "dropped (the trial was finished by another worker)")
+            return int(ok)
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------ loop
     def run(self) -> str:
-        """Work until stopped; return why (``stopped``, ``idle-timeout``, ``max-trials``)."""
+        """Work until stopped; return why (``stopped``, ``idle-timeout``, ``max-trials``).
+
+        A trial's own failures are recorded on it.  Anything else that goes
+        wrong in the loop is logged, the trial (if one was taken) handed back,
+        and the loop goes on after a pause; only a failure to join the pool at
+        all (the registration refused) or the process's own end
+        (KeyboardInterrupt, SystemExit) leaves ``run``.
+        """
+        self._join()
+        reason = "stopped"
+        try:
+            reason = self._loop()
+        finally:
+            self._hb_stop.set()
+            if self._hb_thread is not None:
+                self._hb_thread.join(timeout=5)
+            try:
+                self.registry.stopped(self.id, reason)
+            except pymongo.errors.PyMongoError:
+                pass
+            log.info("worker %s leaving: %s after %d trials", self.id, reason, self.trials_done)
+        self.exit_reason = reason
+        return reason
+
+    def _join(self) -> None:
         info = {"_id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu,
                 "study": self.config.study,
                 "exp_key": f"mongotune:{self.config.study}" if self.config.study else None,
@@ -372,49 +440,52 @@ class Worker:
         self._hb_stop.clear()
         self._ensure_heartbeat()
         self.flush_spool()
-        idle_since = time.monotonic()
-        poll = self.config.poll_min_s
-        reason = "stopped"
         log.info("worker %s joined (study: %s, gpu: %s, artifacts: %s)", self.id, self.config.study or "any",
                  self.config.gpu, self.artifacts_root)
-        failures = 0
-        try:
-            while not self.stopping:
-                if self.config.max_trials is not None and self.trials_done >= self.config.max_trials:
-                    reason = "max-trials"
-                    break
-                try:
-                    self._ensure_heartbeat()
-                    self.retry.call(self._maybe_reap, "requeue expired trials")
-                    lease = self._reserve()
-                except Exception as exc:  # noqa: BLE001 - a server error we cannot retry as is: log, wait, go on
-                    failures += 1
-                    log.error("cannot take a trial (%s: %s); trying again in %ds", type(exc).__name__, exc,
-                              min(60, 2 ** failures))
-                    self._stop.wait(min(60, 2 ** failures))
-                    continue
-                failures = 0
-                if lease is None:
-                    if self.config.idle_timeout is not None and time.monotonic() - idle_since > self.config.idle_timeout:
-                        reason = "idle-timeout"
-                        break
-                    self._stop.wait(poll)
-                    poll = min(poll * 1.5, self.config.poll_max_s)
-                    continue
-                self._run_trial(lease)
-                idle_since = time.monotonic()
-                poll = self.config.poll_min_s
-        finally:
-            self._hb_stop.set()
-            if self._hb_thread is not None:
-                self._hb_thread.join(timeout=5)
+
+    def _loop(self) -> str:
+        idle_since, poll, failures = time.monotonic(), self.config.poll_min_s, 0
+        while not self.stopping:
+            if self.config.max_trials is not None and self.trials_done >= self.config.max_trials:
+                return "max-trials"
             try:
-                self.registry.stopped(self.id, reason)
-            except pymongo.errors.PyMongoError:
+                lease = self._next_lease()
+                if lease is not None:
+                    self._take(lease)
+            except Exception as exc:  # noqa: BLE001 - not the trial's own failure: log, wait, go on
+                failures += 1
+                wait = min(60, 2 ** failures)
+                log.error("worker error (%s: %s); going on in %ds", type(exc).__name__, exc, wait,
+                          exc_info=not is_transient(exc) and not isinstance(exc, pymongo.errors.PyMongoError))
+                self._stop.wait(wait)
+                continue
+            failures = 0
+            if lease is None:
+                if self.config.idle_timeout is not None and time.monotonic() - idle_since > self.config.idle_timeout:
+                    return "idle-timeout"
+                self._stop.wait(poll)
+                poll = min(poll * 1.5, self.config.poll_max_s)
+                continue
+            idle_since, poll = time.monotonic(), self.config.poll_min_s
+        return "stopped"
+
+    def _next_lease(self) -> Lease | None:
+        self._ensure_heartbeat()
+        self.retry.call(self._maybe_reap, "requeue expired trials")
+        if time.monotonic() - self._spool_checked > SPOOL_RETRY_S:
+            self.flush_spool()
+        return self._reserve()
+
+    def _take(self, lease: Lease) -> None:
+        """Run a reserved trial; should something other than the trial itself fail, hand the trial back."""
+        try:
+            self._run_trial(lease)
+        except Exception as exc:
+            try:
+                self.trials.release(lease, f"worker error: {type(exc).__name__}: {str(exc)[:300]}")
+            except Exception:  # noqa: BLE001 - then its lease expires
                 pass
-            log.info("worker %s leaving: %s after %d trials", self.id, reason, self.trials_done)
-        self.exit_reason = reason
-        return reason
+            raise
 
     # ------------------------------------------------------------ disk space
     def _keep_best_models(self, study: Study) -> None:
@@ -509,15 +580,27 @@ class Worker:
             self._curves[study.name] = _CurveCache(self.trials, study)
         return self._pruners[study.name]
 
+    def _must_report(self, study: Study, tid: int):
+        """Steps whose reading the pruner needs as it is (ASHA's and Hyperband's rungs), or None: an
+        objective that coalesces readings sends these at once, and a capped curve keeps them."""
+        pruner = self._pruner(study)
+        if not isinstance(pruner, ASHAPruner):
+            return None
+        return lambda step: pruner.decides_at(tid, int(step))
+
     def _report_step(self, lease: Lease, study: Study, pending: list, started: float, step: int,
                      value: float) -> bool:
         """Record one reading on the curve, then ask the pruner.  A reading the database cannot take
-        right now is kept and written with the next one (no pruning decision meanwhile)."""
+        right now is kept and written with the next one (no pruning decision meanwhile); past
+        CURVE_MAX_POINTS kept readings, every other one of them goes (the first and the last stay)."""
         pending.append((int(step), float(value), time.monotonic() - started))
+        if len(pending) > CURVE_MAX_POINTS:
+            del pending[1:-1:2]
+        keep = self._must_report(study, lease.tid)
         try:
             while pending:
                 s, v, t = pending[0]
-                if not REPORT_RETRY.call(lambda: self.trials.report(lease, s, v, t), "record a step"):
+                if not REPORT_RETRY.call(lambda: self.trials.report(lease, s, v, t, keep=keep), "record a step"):
                     if not self.trials.has_step(lease, s):
                         lease.lost.set()  # the lease is gone: the trial stops
                         return False
@@ -538,9 +621,14 @@ class Worker:
             return False
 
     def _run_trial(self, lease: Lease) -> None:
-        study = self._study(lease.exp_key)
+        try:
+            study = self._study(lease.exp_key)
+        except (ValueError, TypeError, KeyError) as exc:  # a study document this worker cannot read
+            study, why = None, f"cannot read the study document of {lease.exp_key}: {type(exc).__name__}: {exc}"
+        else:
+            why = f"no study document for {lease.exp_key}"
         if study is None:
-            self._deliver(lease, failure_result("config", f"no study document for {lease.exp_key}"), {})
+            self._deliver(lease, failure_result("config", why[:500]), {})
             return
         self._hb_interval = self._heartbeat_interval(study)
         with self._lock:
@@ -548,30 +636,18 @@ class Worker:
             self._current = lease
         started = time.monotonic()
         pending: list = []
-        readings: list[float] = []
-
-        def report_step(step: int, value: float) -> bool:
-            readings.append(float(value))
-            return self._report_step(lease, study, pending, started, step, value)
-
-        def set_progress(info: dict) -> None:
-            with self._lock:
-                self._progress = encode(info)
-
-        ctx = TrialContext(
-            tid=lease.tid, attempt=lease.attempt, study=study.name, gpu=self.config.gpu,
-            should_stop=lambda: self.stopping or lease.lost.is_set() or self._heartbeat_dead(),
-            report_step=report_step,
-            set_progress=set_progress)
+        best: dict = {}  # the best reading so far, for a pruned trial's loss
         log.info("trial %s of %s: start (attempt %d)", lease.tid, study.name, lease.attempt)
+        art = None
         try:
+            ctx = self._context(lease, study, pending, started, best)
             self._check_paths(study)
             art = self._artifacts_dir(study, lease)
             ctx.artifacts_dir = str(art)
             self.retry.call(lambda: self.trials.record_artifacts(lease, self.host, str(art)), "record artifacts")
             result = validate_result(get_objective(study.objective)(study, lease.params, ctx))
         except TrialPruned as p:
-            result = self._pruned_result(study, readings, p, self._pruned_by.pop(lease.tid, None))
+            result = self._pruned_result(study, best.get("value"), p, self._pruned_by.pop(lease.tid, None))
         except TrialFailure as f:
             result = failure_result(f.kind, f.reason, traceback.format_exc() if f.kind == "exception" else None)
         except Exception as exc:  # noqa: BLE001 - trial-level failure: record and go on
@@ -579,10 +655,12 @@ class Worker:
             result = failure_result(kind, reason, traceback.format_exc())
         except MemoryError as exc:
             result = failure_result("oom", f"out of memory: {exc}")
+        self._pruned_by.pop(lease.tid, None)  # a prune answer that came after the objective's end
         duration = time.monotonic() - started
+        extra = {"artifacts": {"host": self.host, "path": str(art)}} if art is not None else {}
         try:
-            self._conclude(lease, study, result, duration, pending, started)
-        except Exception as exc:  # noqa: BLE001 - the result stays in the spool; the next start delivers it
+            self._conclude(lease, study, result, duration, pending, extra)
+        except Exception as exc:  # noqa: BLE001 - the result stays in the spool; a later flush delivers it
             log.error("trial %s: could not record its end (%s: %s); its result stays in %s", lease.tid,
                       type(exc).__name__, exc, self.spool)
         finally:
@@ -590,22 +668,43 @@ class Worker:
                 self._current = None
                 self._progress = None
 
+    def _context(self, lease: Lease, study: Study, pending: list, started: float, best: dict) -> TrialContext:
+        """What the objective gets: its stop question, its reporting and progress callbacks."""
+        better = (lambda a, b: a > b) if study.goal == "max" else (lambda a, b: a < b)
+
+        def report_step(step: int, value: float) -> bool:
+            if "value" not in best or better(float(value), best["value"]):
+                best["value"] = float(value)
+            return self._report_step(lease, study, pending, started, step, value)
+
+        def set_progress(info: dict) -> None:
+            with self._lock:
+                self._progress = encode(info)
+
+        return TrialContext(
+            tid=lease.tid, attempt=lease.attempt, study=study.name, gpu=self.config.gpu,
+            should_stop=lambda: self.stopping or lease.lost.is_set() or self._heartbeat_dead(),
+            report_step=report_step, set_progress=set_progress,
+            extra={"must_report": self._must_report(study, lease.tid)})
+
     @staticmethod
-    def _pruned_result(study: Study, readings: list[float], p: TrialPruned, why: dict | None) -> dict:
+    def _pruned_result(study: Study, best: float | None, p: TrialPruned, why: dict | None) -> dict:
         """A pruned trial's result: the objective's own (with its loss), or else the loss of its best
         reading so far (the metric negated when it is maximised); with the pruner's reasons."""
         result = dict(p.result or {})
         if why:
             result["pruned_by"] = why
         if "loss" not in result:
-            best = (max if study.goal == "max" else min)(readings) if readings else p.value
+            best = best if best is not None else p.value
             result["loss"] = None if best is None else orient(best, study.goal)
             result.setdefault(study.metric.get("name", "metric"), best)
         result.update(status="ok", pruned=True, pruned_at=p.step)
         return validate_result(result)
 
     def _conclude(self, lease: Lease, study: Study, result: dict, duration: float, pending: list,
-                  started: float) -> None:
+                  extra: dict) -> None:
+        """Record how the attempt ended.  ``extra`` holds its artifacts: the result, the curve and the files
+        of one attempt stay together, even when a result is taken after its lease expired."""
         tid = lease.tid
         if self._heartbeat_dead() and not lease.lost.is_set() and _interrupted(result):
             err = self._hb_error
@@ -622,7 +721,7 @@ class Worker:
             return
         for s, v, t in pending:  # readings the database could not take while the trial ran
             self.retry.call(lambda: self.trials.report(lease, s, v, t), "record a step")
-        extra = {"duration_s": round(duration, 3), "worker": self.info, "owner": self.id}
+        extra = {"duration_s": round(duration, 3), "worker": self.info, "owner": self.id, **extra}
         if self._deliver(lease, result, extra):
             self.trials_done += 1
             self._keep_best_models(study)
@@ -643,6 +742,109 @@ MODEL_FILES = ("model.keras",)
 def _env_roots() -> list[str]:
     raw = os.environ.get("MONGOTUNE_ALLOWED_ROOTS", "")
     return [r for r in raw.split(os.pathsep) if r]
+
+
+def _spool_write(path: Path, doc: dict) -> int | None:
+    """``doc`` durably at ``path`` (written aside, fsynced, renamed into place), locked by this process:
+    the open descriptor (close it to unlock), or None when the spool cannot be written (logged)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        log.warning("cannot spool a result to %s (%s); delivering it from memory", path, exc)
+        return None
+    try:
+        data = memoryview(json.dumps(doc).encode())
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # no flush elsewhere takes it while this worker delivers it
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return fd
+    except OSError as exc:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot spool a result to %s (%s); delivering it from memory", path, exc)
+        return None
+
+
+def _claim(path: Path) -> int | None:
+    """An open descriptor of ``path`` holding its lock, or None: gone, or locked by a live process."""
+    try:
+        fd = os.open(path, os.O_RDWR)  # for writing: NFS grants an exclusive lock only to a writer
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:  # delivered and removed while we waited
+            raise FileNotFoundError(path)
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_fd(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _adopt_old_claims(spool: Path) -> None:
+    """Files an earlier mongotune claimed by renaming them to ``NAME.json.PID`` and never delivered (its
+    worker died): back to ``NAME.json`` once that process is gone."""
+    for old in spool.glob("*.json.[0-9]*"):
+        pid = old.suffix[1:]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.replace(old, old.with_suffix(""))
+        except OSError:
+            pass
+
+
+def _watch_lifeline(worker: "Worker") -> None:
+    """A worker started by ``launch --workers`` (``pool.local``) holds the read end of a pipe whose write end
+    only the launch process has: when that process ends, however it ends (SIGKILL included), the pipe
+    closes and the worker stops as on SIGTERM (its trial handed back)."""
+    raw = os.environ.pop(LIFELINE_ENV, None)
+    if raw is None:
+        return
+    try:
+        fd = int(raw)
+        os.set_inheritable(fd, False)  # not the trials' children
+    except (ValueError, OSError) as exc:
+        log.warning("ignoring %s=%r: %s", LIFELINE_ENV, raw, exc)
+        return
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 64):
+                pass
+        except OSError:
+            pass
+        log.warning("the launch that started this worker has ended: handing the trial back and stopping")
+        worker.request_stop()
+
+    threading.Thread(target=watch, name="mongotune-lifeline", daemon=True).start()
 
 
 def install_signal_handlers(worker, what: str = "trial", signals: tuple[str, ...] = ("SIGTERM", "SIGINT")) -> None:
