@@ -108,7 +108,8 @@ def test_base_objects_are_valid_and_complete():
         ("ConfigMap", "mongotune-config"), ("ConfigMap", "mongotune-mongo-init"),
         ("PersistentVolumeClaim", "mongotune-data-cache"), ("PersistentVolumeClaim", "mongotune-artifacts"),
         ("Service", "mongotune-mongo"), ("StatefulSet", "mongotune-mongo"),
-        ("NetworkPolicy", "mongotune-mongo"), ("Deployment", "mongotune-worker")}
+        ("NetworkPolicy", "mongotune-mongo"), ("NetworkPolicy", "mongotune-trials"),
+        ("Deployment", "mongotune-worker")}
     for obj in objects:
         validate(obj)
 
@@ -407,12 +408,82 @@ def test_mongodb_service_statefulset_and_network_policy_agree():
     assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
     assert svc["spec"]["selector"].items() <= pod_labels(sts).items()
     assert sts["spec"]["selector"]["matchLabels"].items() <= pod_labels(sts).items()
-    assert pol["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(sts).items()
-    allowed = pol["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert selects(pol["spec"]["podSelector"], pod_labels(sts))
+    (rule,) = pol["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # no namespaceSelector: pods of this namespace only
     job = k8s.coordinator_job(IMAGE, NAMESPACE, ["resume", "s"])
     for client in (objs[("Deployment", "mongotune-worker")], job):
-        assert allowed.items() <= pod_labels(client).items()
+        assert selects(peer["podSelector"], pod_labels(client))
+    # not every pod of mongotune: MongoDB's own pod, or anything else labelled part-of=mongotune, is left out
+    assert not selects(peer["podSelector"], pod_labels(sts))
+    assert not selects(peer["podSelector"], {"app.kubernetes.io/part-of": "mongotune"})
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Does a Kubernetes label selector (matchLabels, matchExpressions with In/NotIn/Exists) pick ``labels``?"""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        have = e["key"] in labels
+        ok = {"In": have and labels.get(e["key"]) in e.get("values", []),
+              "NotIn": not have or labels[e["key"]] not in e.get("values", []),
+              "Exists": have, "DoesNotExist": not have}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def test_trial_pods_reach_no_metadata_service_and_take_no_connections():
+    """Workers and the coordinator run the user's code: egress to MongoDB, DNS and the internet minus the
+    link-local range (cloud metadata services), no ingress."""
+    import ipaddress
+
+    objs = by_key(k8s.load_base())
+    pol = objs[("NetworkPolicy", "mongotune-trials")]
+    job = k8s.coordinator_job(IMAGE, NAMESPACE, ["resume", "s"])
+    for pod in (objs[("Deployment", "mongotune-worker")], job):
+        assert selects(pol["spec"]["podSelector"], pod_labels(pod))
+    assert not selects(pol["spec"]["podSelector"], pod_labels(objs[("StatefulSet", "mongotune-mongo")]))
+    assert pol["spec"]["policyTypes"] == ["Ingress", "Egress"] and pol["spec"]["ingress"] == []
+
+    def allowed(ip: str, port: int, proto: str = "TCP") -> bool:
+        addr = ipaddress.ip_address(ip)
+        for rule in pol["spec"]["egress"]:
+            if rule.get("ports") and not any(p["port"] == port and p["protocol"] == proto for p in rule["ports"]):
+                continue
+            for peer in rule["to"]:
+                block = peer.get("ipBlock")
+                if block and addr in ipaddress.ip_network(block["cidr"]) and not any(
+                        addr in ipaddress.ip_network(x) for x in block.get("except", [])):
+                    return True
+        return False
+
+    for metadata in ("169.254.169.254", "100.100.100.200", "fd00:ec2::254"):
+        assert not allowed(metadata, 80) and not allowed(metadata, 443), metadata
+    assert allowed("151.101.1.69", 443) and allowed("2a04:4e42::223", 443)  # downloads, an external MongoDB
+    assert allowed("169.254.20.10", 53, "UDP")  # a node-local DNS cache
+    mongo = pol["spec"]["egress"][0]
+    assert selects(mongo["to"][0]["podSelector"], pod_labels(objs[("StatefulSet", "mongotune-mongo")]))
+    assert mongo["ports"] == [{"protocol": "TCP", "port": 27017}]
+    # an external MongoDB drops the in-cluster one but keeps this policy
+    external = by_key(k8s.render(IMAGE, NAMESPACE, 2, mongo_url="mongodb://mongotune@db.example.com/mongotune"))
+    assert ("NetworkPolicy", "mongotune-trials") in external
+
+
+def test_every_empty_dir_has_a_size_limit_and_the_spool_outlives_the_pod():
+    objects = k8s.load_base() + [k8s.coordinator_job(IMAGE, NAMESPACE, ["resume", "s"])]
+    empty_dirs = [v for o in objects for pod in pod_specs(o) for v in pod.get("volumes", []) if "emptyDir" in v]
+    assert len(empty_dirs) == 6
+    assert all(v["emptyDir"].get("sizeLimit") for v in empty_dirs), empty_dirs
+    dep = by_key(objects[:-1])[("Deployment", "mongotune-worker")]  # (the Job has a generated name)
+    (pod,) = pod_specs(dep)
+    (c,) = containers(dep)
+    spool = env_of(c)["MONGOTUNE_SPOOL_DIR"]["value"]
+    mount = next(m for m in c["volumeMounts"] if spool.startswith(m["mountPath"].rstrip("/") + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"]["claimName"] == "mongotune-artifacts"  # not the pod's emptyDir
 
 
 def test_init_script_is_valid_javascript_and_shared_with_compose(tmp_path):
