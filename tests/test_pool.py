@@ -16,6 +16,7 @@ import pytest
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW, JOB_STATE_RUNNING
 
 from mongotune.pool.coordinator import Coordinator
+from mongotune.search.algorithms import DEFAULT
 from mongotune.store.studies import Study
 
 from helpers import db_of, log_text, mongotune, run_cli, stop, wait_for
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def _study(name, max_evals, **options):
     lease = options.pop("lease_s", 60.0)
-    algo = options.pop("algo", "tpe")
+    algo = options.pop("algo", DEFAULT)
     return Study(name=name, max_evals=max_evals, objective={"kind": "synthetic", **options}, lease_s=lease,
                  search={"algo": algo})
 
@@ -73,12 +74,24 @@ def test_two_workers_run_every_trial_once_and_record_failures(mongo_url, tmp_pat
     assert study.status == "done" and study.best["loss"] == snap.best_loss
 
 
-@pytest.mark.parametrize("algo", ["tpe", "tpe-startup2", "rand", "anneal", "gp"])
+# x in [-1, 1] on one branch, x and a nested choice on the other: every algorithm on a conditional space
+CONDITIONAL_SPACE = {"x": {"hp": "uniform", "low": -1.0, "high": 1.0},
+                     "arch": {"hp": "choice", "options": [
+                         {"kind": "plain"},
+                         {"kind": "deep", "depth": {"hp": "quniform", "low": 1, "high": 4, "q": 1, "int": True},
+                          "act": {"hp": "choice", "options": ["relu", "tanh"]}}]}}
+
+
+@pytest.mark.parametrize("algo", ["optuna-tpe", "optuna-tpe-startup2", "optuna-tpe-conditional", "tpe",
+                                  "tpe-startup2", "tpe-conditional", "rand", "anneal", "gp", "gp-conditional"])
 def test_each_algorithm_with_a_queue_of_several(mongo_url, tmp_path, algo):
     coord = Coordinator(mongo_url)
-    study = _study(f"alg-{algo}", 8, sleep_s=0.05, algo=algo.split("-")[0])
-    if algo == "tpe-startup2":
-        study.search["startup_trials"] = 2  # TPE itself (not its random start) suggests trials 3..8
+    name = algo.removesuffix("-startup2").removesuffix("-conditional")
+    study = _study(f"alg-{algo}", 8, sleep_s=0.05, algo=name)
+    if algo.endswith("-startup2"):
+        study.search["startup_trials"] = 2  # the model itself (not its random start) suggests trials 3..8
+    if algo.endswith("-conditional"):
+        study.space = CONDITIONAL_SPACE
     coord.create(study)
     workers = [mongotune("worker", "--mongo", mongo_url, "--study", f"alg-{algo}", log=tmp_path / f"w{i}.log")
                for i in range(2)]
@@ -89,7 +102,14 @@ def test_each_algorithm_with_a_queue_of_several(mongo_url, tmp_path, algo):
     finally:
         assert [stop(w) for w in workers] == [0, 0]
     assert snap.counts["ok"] == 8 and snap.best_loss is not None
-    assert len({d["params"]["x"] for d in _docs(db_of(mongo_url), f"alg-{algo}")}) == 8
+    docs = _docs(db_of(mongo_url), f"alg-{algo}")
+    assert len({d["params"]["x"] for d in docs}) == 8
+    if algo.endswith("-conditional"):  # each trial holds exactly the dimensions of its own branch
+        for d in docs:
+            vals = d["misc"]["vals"]
+            deep = vals["arch"] == [1]
+            assert len(vals["arch[1].depth"]) == len(vals["arch[1].act"]) == int(deep), vals
+            assert set(d["params"]["arch"]) == ({"kind", "depth", "act"} if deep else {"kind"})
 
 
 def test_grid_with_four_workers_runs_every_point_once_and_ends(mongo_url, tmp_path):
