@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from ..errors import ConfigError
 from ..search.defaults import ALGORITHM as DEFAULT_ALGORITHM
+from ..search.defaults import PRUNER as DEFAULT_PRUNER
 from ._common import MongoOpt, _mongo, _setup_logging, _user_errors, app, err, out
 from .progress import progress_line, progress_table
 
@@ -20,6 +21,13 @@ SEARCH_HELP = ("Search algorithm. Default optuna-tpe: Optuna's multivariate TPE 
                "alone and with 4 or 16 parallel workers (README, 'Search algorithms'). Also: tpe (hyperopt's "
                "TPE, as the seed studies used), rand, anneal, grid (every combination; the study ends when it "
                "is exhausted) or gp (Gaussian-process Bayesian optimisation).")
+
+
+PRUNER_HELP = ("Stop hopeless trials early: asha, hyperband, median or none. Default: "
+               + DEFAULT_PRUNER["kind"] + " (rungs at epoch " + str(DEFAULT_PRUNER["min_epochs"]) + " x "
+               + str(DEFAULT_PRUNER["reduction_factor"]) + "^k): with the default search it reached the benchmarks' "
+               "targets in fewer epochs than without pruning and than Optuna's TPE with successive halving "
+               "(README, 'Pruning').")
 
 
 def drive(url: str, name: str, workers: int, quiet: bool = False, *, wait: bool = False,
@@ -105,11 +113,13 @@ def search_settings(algo: str, startup_trials: int | None, grid_points: int | No
     return {"algo": algo, **check_options(algo, given)}
 
 
-def pruner_settings(pruner: str, min_epochs: int | None, reduction_factor: int | None, min_trials: int | None,
-                    max_epochs: int | None) -> dict | None:
+def pruner_settings(pruner: str | None, min_epochs: int | None, reduction_factor: int | None,
+                    min_trials: int | None, max_epochs: int | None) -> dict | None:
+    """The study's ``pruner`` setting; ``pruner`` None: the default pruner (``search.defaults.PRUNER``)."""
+    from ..search.defaults import PRUNER
     from ..search.pruners import validate_pruner
 
-    spec: dict = {"kind": pruner}
+    spec: dict = dict(PRUNER) if pruner is None else {"kind": pruner}
     for key, value in (("min_epochs", min_epochs), ("reduction_factor", reduction_factor),
                        ("min_trials", min_trials), ("max_epochs", max_epochs)):
         if value is not None:
@@ -179,7 +189,7 @@ def launch(
     mixed_precision: str = typer.Option("auto", "--mixed-precision",
                                         help="auto (on with a GPU), on or off: mixed_float16 training."),
     xla: str = typer.Option("auto", help="auto (on with a GPU), on or off: XLA-compiled training steps."),
-    pruner: str = typer.Option("none", help="Stop hopeless trials early: none, median, asha or hyperband."),
+    pruner: Optional[str] = typer.Option(None, help=PRUNER_HELP),
     min_epochs: Optional[int] = typer.Option(None, "--min-epochs", help="Pruning: epochs before the first "
                                              "decision (asha/hyperband: the first rung). Default 1."),
     reduction_factor: Optional[int] = typer.Option(None, "--reduction-factor", help="asha/hyperband: keep the "
@@ -342,7 +352,7 @@ def launch(
             finally:
                 coord.close()
             out.print(f"study [bold]{st.name}[/] created on {redact(url)}: {what or f'{model} on {dataset}'}, "
-                      f"{max_evals} trials, {algo}" + (f", {pruner} pruning" if prune else ""), highlight=False)
+                      f"{max_evals} trials, {algo}" + (f", {prune['kind']} pruning" if prune else ""), highlight=False)
             if algo == "grid":
                 from ..search.grid import grid_size
                 from ..search.spaces import build

@@ -5,3 +5,6 @@ benchmarks behind each choice are in the README ("Search algorithms").
 """
 
 ALGORITHM = "optuna-tpe"
+
+#: the pruner ``mongotune launch`` uses without ``--pruner`` (``--pruner none`` turns pruning off)
+PRUNER = {"kind": "asha", "min_epochs": 1, "reduction_factor": 3}
