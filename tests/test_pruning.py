@@ -57,7 +57,7 @@ def test_asha_stops_the_clearly_worse_trial_at_its_rung_and_promotes_the_better(
     status = run_cli("status", "asha", "--mongo", mongo_url, "--json")
     assert json.loads(status.stdout)["counts"]["pruned"] == 1
     board = run_cli("leaderboard", "asha", "--mongo", mongo_url, "--pruned")
-    assert "pruned at 1" in board.stdout
+    assert "3 p@1" in board.stdout and "p@N: pruned at step N" in board.stdout
 
 
 def _check_decisions(docs, reduction_factor):

@@ -36,13 +36,14 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
 
         client, db, parsed = open_client(url)
         try:
-            st = StudyStore(db).get(name)
-            snap = snapshot(TrialStore(db, db[parsed.collection]), WorkerRegistry(db), st)
+            trials = TrialStore(db, db[parsed.collection])
+            st = StudyStore(db).resolve(name, trials)
+            snap = snapshot(trials, WorkerRegistry(db), st)
         finally:
             client.close()
     if as_json:
         print_json({**snap.as_dict(), "status": st.status, "objective": st.kind, "algo": st.algo,
-                    "pruner": st.pruner})
+                    "pruner": st.pruner, "metric": st.metric})
         return
     out.print(Text.assemble("study ", (str(st.name), "bold"), f": {_describe(st)}, status {st.status}"))
     out.print(progress_table(snap))
@@ -76,25 +77,35 @@ def studies(mongo: Optional[str] = MongoOpt, as_json: bool = JsonOpt):
         client, db, parsed = open_client(url)
         try:
             trials = TrialStore(db, db[parsed.collection])
-            rows = [(s, trials.counts(s.exp_key)) for s in StudyStore(db).list()]
+            store = StudyStore(db)
+            rows = [(s, trials.counts(s.exp_key), _best(trials, s)) for s in store.list() + store.experiments(trials)]
         finally:
             client.close()
     if as_json:
         print_json([{"name": s.name, "objective": s.kind, "algo": s.algo, "status": s.status,
-                     "max_evals": s.max_evals, "counts": c.as_dict(), "best": s.best, "metric": s.metric,
-                     "created": s.created} for s, c in rows])
+                     "max_evals": s.max_evals, "counts": c.as_dict(), "best": b, "metric": s.metric,
+                     "created": s.created} for s, c, b in rows])
         return
     t = Table(title="studies")
     for col in ("name", "what", "status", "done", "pruned", "failed", "best", "created"):
         t.add_column(col)
-    for s, c in rows:
+    for s, c, b in rows:
         best = "-"
-        if s.best:
-            metric = (s.best.get("metric") if isinstance(s.best.get("metric"), (int, float)) else None)
-            best = f"{s.metric.get('name')} {metric:.4g}" if metric is not None else f"loss {s.best['loss']:.5g}"
+        if b:
+            best = (f"{s.metric.get('name')} {b['metric']:.4g}" if b["metric"] is not None
+                    else f"loss {b['loss']:.5g}") + f" (trial {b['tid']})"
         t.add_row(lit(s.name), lit(_describe(s)), lit(s.status), lit(f"{c.finished}/{s.max_evals}"), str(c.pruned),
                   str(c.failed + c.error), lit(best), lit(str(s.created)[:19]))
     out.print(t)
+
+
+def _best(trials, study) -> dict | None:
+    """The study's best trial (the store's one rule) as ``studies`` shows it."""
+    rec = trials.best(study.exp_key)
+    if rec is None:
+        return None
+    return {"tid": rec.tid, "loss": rec.loss, "metric": rec.metric_value(str(study.metric.get("name") or "loss")),
+            "pruned": rec.outcome == "pruned", "params": rec.param_values}
 
 
 @app.command()
@@ -110,17 +121,16 @@ def leaderboard(name: str = typer.Argument(..., help="Study name."), mongo: Opti
     if as_json:
         print_json({**summary, "trials": rows})
         return
+    from ..report.leaderboard import board_lines
+
     c = summary["counts"]
-    metric = summary["metric"].get("name", "metric")
-    t = Table(title=lit(f"leaderboard of {name} ({c['ok']} ok, {c['pruned']} pruned, "
-                        f"{c['failed'] + c['error']} failed, {c['running']} running)"))
-    for col in ("rank", "tid", "loss", metric, "epochs", "s/epoch", "params"):
-        t.add_column(lit(col))
-    for i, r in enumerate(rows, 1):
-        tid = f"{r['tid']} (pruned at {r['pruned_at']})" if r["outcome"] == "pruned" else str(r["tid"])
-        t.add_row(str(i), lit(tid), lit(f"{r['loss']:.5g}"), lit(fmt(r.get("metric"))), lit(fmt(r.get("epochs"))),
-                  lit(fmt(r.get("seconds_per_epoch"))), lit(json.dumps(r["params"], default=str)))
-    out.print(t)
+    metric = str(summary["metric"].get("name") or "loss")
+    goal = "higher" if summary["metric"].get("goal") == "max" else "lower"
+    out.print(lit(f"leaderboard of {name}: {metric}, {goal} is better"))
+    out.print(lit(f"{c['ok']} ok, {c['pruned']} pruned, {c['failed'] + c['error']} failed, {c['running']} running"))
+    lines = board_lines(rows, metric, out.width)
+    for line in lines or ["no finished trial yet"]:
+        out.print(lit(line), overflow="ignore", crop=False)
 
 
 @app.command()
@@ -136,8 +146,8 @@ def requeue(name: str = typer.Argument(..., help="Study name."),
 
         client, db, parsed = open_client(url)
         try:
-            st = StudyStore(db).get(name)
-            tids = TrialStore(db, db[parsed.collection]).requeue(st.exp_key, tid, "operator")
+            trials = TrialStore(db, db[parsed.collection])
+            tids = trials.requeue(StudyStore(db).resolve(name, trials).exp_key, tid, "operator")
         finally:
             client.close()
         if tid is not None and not tids:

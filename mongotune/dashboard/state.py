@@ -21,7 +21,8 @@ import threading
 import time
 
 from ..report import charts as ch
-from ..report.study_data import TERMINAL, TrialLoader, TrialRow, list_study_infos, load_workers, server_now
+from ..report.study_data import (TERMINAL, TrialLoader, TrialRow, done_counts, list_study_infos, load_workers,
+                                 server_now)
 
 
 def _default(o):
@@ -78,11 +79,12 @@ class StudyView:
             changed = self.loader.refresh()
             t1 = time.perf_counter()
             now = self.loader.now
-            self.workers = [w for w in load_workers(self.db, now)
+            rows = self.loader.sorted_rows()
+            # a worker's count here is of this study's trials, read from the trials (never its own counter)
+            self.workers = [w for w in load_workers(self.db, now, done=done_counts(rows))
                             if w.get("study") in (None, self.name)
                             or (w.get("current") or {}).get("study") == self.name]
             first = self.gen == 0
-            rows = self.loader.sorted_rows()
             running = any(r.state == "running" for r in rows)
             if changed or first or running:
                 self.gen += 1
@@ -175,12 +177,29 @@ class StudyView:
 
 
 class Dashboard:
-    """All study views of one database, created on first use."""
+    """All study views of one database, created on first use.
 
-    def __init__(self, db, *, jobs: str = "jobs"):
+    The study list also holds the experiments of stock fmin jobs (exp_keys without a study document),
+    looked for at most every ``experiments_every_s``: that read goes over every trial's exp_key."""
+
+    def __init__(self, db, *, jobs: str = "jobs", experiments_every_s: float = 10.0):
         self.db, self.jobs = db, jobs
         self.views: dict[str, StudyView] = {}
         self.lock = threading.Lock()
+        self.experiments_every_s = experiments_every_s
+        self._experiments: list = []
+        self._experiments_t: float | None = None
+
+    def infos(self) -> list:
+        """Every study, then the experiments of stock fmin jobs (re-read at most every experiments_every_s)."""
+        infos = list_study_infos(self.db, jobs=self.jobs, experiments=False)
+        t = time.monotonic()
+        if self._experiments_t is None or t - self._experiments_t >= self.experiments_every_s:
+            known = {i.name for i in infos}
+            self._experiments = [i for i in list_study_infos(self.db, jobs=self.jobs)[len(infos):]
+                                 if i.name not in known]
+            self._experiments_t = t
+        return infos + self._experiments
 
     def view(self, name: str) -> StudyView:
         with self.lock:
@@ -190,20 +209,24 @@ class Dashboard:
         return v
 
     def studies(self) -> dict:
-        infos = list_study_infos(self.db)
+        infos = self.infos()
         now = server_now(self.db)
         out = []
+        done: dict[str, int] = {}
         for info in infos:
             v = self.view(info.name)
             v.refresh()
             s = v.summary
+            with v.lock:
+                done_counts(v.loader.rows.values(), done)
             out.append({**{k: info.to_json()[k] for k in ("name", "objective", "model", "dataset", "metric", "goal",
                                                           "max_evals", "status", "created")},
                         "counts": s.get("counts"), "best": s.get("best"), "utilisation":
                             (s.get("utilisation") or {}).get("utilisation")})
-        return {"studies": out, "workers": load_workers(self.db, now), "server_time": now}
+        # every worker's count: the trials it finished in every study listed (read from the trials)
+        return {"studies": out, "workers": load_workers(self.db, now, done=done), "server_time": now}
 
     def warm(self) -> None:
         """Read every study once (the full first read), so the first page views are fast."""
-        for info in list_study_infos(self.db):
+        for info in self.infos():
             self.view(info.name).refresh()

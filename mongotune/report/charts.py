@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..store.best import pick_best
 from .study_data import StudyInfo, TrialRow, flatten
 
 COLORS = {"ok": "#3b6fd8", "best": "#f07c1a", "failed": "#d93a3a", "pruned": "#9a9a9a", "running": "#1fa35c",
@@ -86,8 +87,8 @@ def _finished(rows: list[TrialRow]) -> list[TrialRow]:
 
 
 def best_row(info: StudyInfo, rows: list[TrialRow]) -> TrialRow | None:
-    ok = [r for r in rows if r.state == "ok" and r.loss is not None]
-    return min(ok, key=lambda r: (r.loss, r.tid)) if ok else None
+    """The study's best trial among ``rows``, by the store's one rule (``store.best``)."""
+    return pick_best(rows, lambda r: (r.loss if r.state in ("ok", "pruned") else None, r.state == "pruned", r.tid))
 
 
 def _space_kinds(space: Any, path: str = "", out: dict | None = None) -> dict[str, dict]:
@@ -475,10 +476,26 @@ def importance_chart(info: StudyInfo, rows: list[TrialRow], importances: dict | 
 
 # ---------------------------------------------------------------- pool timeline
 def _lane(r: TrialRow) -> str:
+    """A trial's lane: its worker process (two workers of one host, or of one GPU, are two lanes)."""
     w = r.worker or {}
-    if w.get("gpu") not in (None, ""):
-        return f"{w.get('host') or '?'} · GPU {w.get('gpu')}"
     return str(w.get("id") or w.get("host") or "unknown worker")
+
+
+def lane_labels(rows: list[TrialRow]) -> dict[str, str]:
+    """Each lane's label: host, GPU (CPU workers have none) and pid; the worker id where those collide."""
+    labels: dict[str, str] = {}
+    for r in rows:
+        w = r.worker or {}
+        lane = _lane(r)
+        if lane in labels:
+            continue
+        gpu = w.get("gpu")
+        parts = [str(w.get("host") or "?")] + ([f"GPU {gpu}"] if gpu not in (None, "", "none") else [])
+        labels[lane] = " · ".join(parts + ([f"pid {w['pid']}"] if w.get("pid") is not None else []))
+    seen: dict[str, int] = {}
+    for label in labels.values():
+        seen[label] = seen.get(label, 0) + 1
+    return {lane: (label if seen[label] == 1 else f"{label} · {lane}") for lane, label in labels.items()}
 
 
 def utilisation(rows: list[TrialRow], now: datetime.datetime | None = None) -> dict:
@@ -519,6 +536,7 @@ def timeline_chart(info: StudyInfo, rows: list[TrialRow], now: datetime.datetime
     if not u["lanes"]:
         return _empty("timeline", title, "no trial has started yet")
     data = []
+    labels = lane_labels(rows)
     lanes = set()
     for state in ("ok", "pruned", "failed", "running"):
         seq = [r for r in rows if r.state == state and r.started is not None]
@@ -528,10 +546,10 @@ def timeline_chart(info: StudyInfo, rows: list[TrialRow], now: datetime.datetime
             if end is None or end < r.started:
                 continue
             dur = (end - r.started).total_seconds()
-            lanes.add(_lane(r))
+            lanes.add(labels[_lane(r)])
             xs.append(round(dur * 1000.0, 1))
             base.append(_iso(r.started))
-            ys.append(_t(_lane(r)))
+            ys.append(_t(labels[_lane(r)]))
             tx.append(f"trial {r.tid} ({state}) {dur:.1f}s")
         if xs:
             data.append({"type": "bar", "orientation": "h", "name": state, "x": xs, "base": base, "y": ys,
@@ -550,13 +568,14 @@ def timeline_chart(info: StudyInfo, rows: list[TrialRow], now: datetime.datetime
 
 # ---------------------------------------------------------------- failures and the final test
 def failure_rows(rows: list[TrialRow]) -> list[dict]:
+    labels = lane_labels(rows)
     out = []
     for r in sorted(rows, key=lambda r: r.tid):
         if r.state != "failed":
             continue
         f = r.failure or {}
         out.append({"tid": r.tid, "kind": f.get("kind", "unknown"), "reason": f.get("reason", ""),
-                    "worker": _lane(r) if r.worker else None, "attempts": r.attempts, "ended": _iso(r.ended)})
+                    "worker": labels[_lane(r)] if r.worker else None, "attempts": r.attempts, "ended": _iso(r.ended)})
     return out
 
 
@@ -585,7 +604,7 @@ def summary(info: StudyInfo, rows: list[TrialRow], now: datetime.datetime | None
     best = best_row(info, rows)
     return {"counts": rows_by_state(rows), "trials": len(rows),
             "best": None if best is None else {"tid": best.tid, "loss": best.loss, "metric": best.metric,
-                                               "params": best.params},
+                                               "pruned": best.state == "pruned", "params": best.params},
             "utilisation": utilisation(rows, now)}
 
 

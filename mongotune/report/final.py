@@ -40,7 +40,8 @@ def plan_final(url: str, name: str, tid: int | None = None, out_dir: str | Path 
                allow_user_code: bool = False) -> FinalPlan:
     client, db, parsed = open_client(url)
     try:
-        study = StudyStore(db).get(name)
+        trials = TrialStore(db, db[parsed.collection])
+        study = StudyStore(db).resolve(name, trials)
         if study.kind != "keras":
             raise ConfigError(f"study {name!r} does not train Keras models (objective {study.kind!r}); "
                               "`final` retrains Keras models only")
@@ -48,16 +49,14 @@ def plan_final(url: str, name: str, tid: int | None = None, out_dir: str | Path 
         if model_fn and not allow_user_code:
             raise ConfigError(f"study {name!r} trains the model function {model_fn} named in the database; "
                               "`final` imports it only with --allow-user-code")
-        trials = TrialStore(db, db[parsed.collection])
         if tid is not None:
             trial = trials.get(study.exp_key, tid)
             if trial is None or trial.loss is None:
                 raise ConfigError(f"study {name!r} has no successful trial {tid}")
         else:
-            ranked = trials.ranked(study.exp_key, 1)
-            if not ranked:
+            trial = trials.best(study.exp_key)  # the study's best, as every view shows it
+            if trial is None:
                 raise ConfigError(f"study {name!r} has no successful trial yet")
-            trial = ranked[0]
         out = Path(out_dir) if out_dir else safepath.study_dir(paths.artifacts_dir(), study.name) / "final"
         return FinalPlan(url, study, trial, out)
     finally:

@@ -20,7 +20,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from ..store.best import metric_fields
+from ..store.studies import Study, StudyStore
 from ..store.trialdoc import TrialRecord, TrialStore, server_now  # noqa: F401  (server_now: re-exported)
+from ..store.workers import WorkerRegistry
 
 STATES = ("queued", "running", "ok", "failed", "pruned")
 TERMINAL = ("ok", "failed", "pruned")
@@ -30,12 +33,20 @@ TRIAL_FIELDS = ["tid", "exp_key", "state", "params", "result.status", "result.lo
                 "result.failure.reason", "result.pruned", "result.pruned_at", "result.history",
                 "result.epoch_seconds", "result.val_accuracy", "result.val_loss", "result.metric",
                 "result.epochs", "result.best_epoch", "result.x", "curve", "worker", "book_time",
-                "refresh_time", "finished", "attempts", "progress", "version", "duration_s"]
+                "refresh_time", "finished", "attempts", "progress", "version", "duration_s", "misc.vals"]
+
+
+def trial_fields(metric: str) -> list[str]:
+    """``TRIAL_FIELDS`` and what the value of the study's metric needs (a command study's own metric; the
+    whole result for a name that is not a plain field name)."""
+    extra = metric_fields(metric)
+    fields = [f for f in TRIAL_FIELDS if "result" not in extra or not f.startswith("result.")]
+    return list(dict.fromkeys([*fields, *extra]))
 
 @dataclass
 class StudyInfo:
     name: str
-    objective: str = "keras"  # keras | command | synthetic | sleep | ...
+    objective: str = "keras"  # keras | command | synthetic | hyperopt (stock fmin jobs) | ...
     metric: str = "loss"  # the study metric's name, e.g. val_accuracy
     goal: str = "min"  # min | max
     max_evals: int | None = None
@@ -47,9 +58,10 @@ class StudyInfo:
     dataset: str | None = None
     artifacts_root: str | None = None  # the study's shared artifact root, as its document names it
 
-    @property
-    def exp_key(self) -> str:
-        return f"mongotune:{self.name}"
+    exp_key: str = ""  # the trials' exp_key (``mongotune:NAME``; a stock fmin experiment's own)
+
+    def __post_init__(self):
+        self.exp_key = self.exp_key or f"mongotune:{self.name}"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -69,7 +81,7 @@ class TrialRow:
     curve: list = field(default_factory=list)  # [{"step": int, "value": float, "t": seconds since start}]
     pruned_at: int | None = None
     failure: dict | None = None  # {"kind", "reason"}
-    worker: dict | None = None  # {"id", "host", "gpu"}
+    worker: dict | None = None  # {"id", "host", "gpu", "pid"}
     started: datetime.datetime | None = None
     ended: datetime.datetime | None = None
     attempts: int = 0
@@ -93,9 +105,11 @@ def _iso(t):
 # ---------------------------------------------------------------- documents -> dataclasses
 def study_info(doc: dict) -> StudyInfo:
     """A study document, read as ``Study`` reads it (older layouts upgraded there), as a ``StudyInfo``."""
-    from ..store.studies import Study
+    return info_of(Study.from_doc(doc))
 
-    study = Study.from_doc(doc)
+
+def info_of(study: Study) -> StudyInfo:
+    """A ``Study`` (a document's, or stock fmin jobs' ``Experiment``) as a ``StudyInfo``."""
     objective = study.objective or {}
     dataset = objective.get("dataset")
     return StudyInfo(
@@ -105,6 +119,7 @@ def study_info(doc: dict) -> StudyInfo:
         model=objective.get("model"),
         dataset=dataset.get("name") if isinstance(dataset, dict) else dataset,
         artifacts_root=study.artifacts_root if isinstance(study.artifacts_root, str) else None,
+        exp_key=study.exp_key,
     )
 
 
@@ -112,6 +127,11 @@ def _num(v) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     return float(v) if math.isfinite(v) else None
+
+
+def _worker(rec: TrialRecord) -> dict | None:
+    w = rec.worker
+    return {"id": w.id, "host": w.host, "gpu": w.gpu, "pid": w.pid} if w is not None else None
 
 
 def curve_of(rec: TrialRecord, metric: str) -> list[dict]:
@@ -139,26 +159,20 @@ def trial_row(rec: TrialRecord, metric: str, now: datetime.datetime | None = Non
     result = rec.result
     state = "failed" if rec.outcome == "error" else rec.outcome
     loss = rec.loss if state in ("ok", "pruned") else None
-    value = None
-    if state in ("ok", "pruned"):
-        value = loss if metric == "loss" else _num(result.get(metric))
-        if value is None:
-            value = _num(result.get("metric"))
+    value = rec.metric_value(metric)
     failure = None
     if state == "failed":
         f = result.get("failure") or {}
         failure = {"kind": str(f.get("kind") or ("error" if rec.outcome == "error" else "unknown")),
                    "reason": str(f.get("reason") or "no reason recorded")}
-    w = rec.worker
-    worker = {"id": w.id, "host": w.host, "gpu": w.gpu} if w is not None else None
     refreshed = rec.refresh_time
     ended = rec.finished or (refreshed if state in TERMINAL else None)
     started = rec.book_time
     if state == "queued":
         started = ended = None
     row = TrialRow(
-        tid=rec.tid, state=state, params=rec.params, loss=loss, metric=value, curve=curve_of(rec, metric),
-        pruned_at=result.get("pruned_at") if state == "pruned" else None, failure=failure, worker=worker,
+        tid=rec.tid, state=state, params=rec.param_values, loss=loss, metric=value, curve=curve_of(rec, metric),
+        pruned_at=result.get("pruned_at") if state == "pruned" else None, failure=failure, worker=_worker(rec),
         started=started, ended=ended, attempts=rec.attempts, refreshed=refreshed,
     )
     if state == "running":
@@ -185,13 +199,9 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- loaders
-def get_study(db, name: str) -> StudyInfo:
-    from ..store.studies import StudyStore
-
-    doc = db.studies.find_one({"_id": name})
-    if doc is None:
-        StudyStore(db).get(name)  # raises StudyNotFound, naming the known studies
-    return study_info(doc)
+def get_study(db, name: str, *, jobs: str = "jobs") -> StudyInfo:
+    """Study ``name`` (``StudyStore.resolve``: a study document, or stock fmin jobs of that exp_key)."""
+    return info_of(StudyStore(db).resolve(name, _store(db, jobs)))
 
 
 def _rows(records: Iterable[TrialRecord], info: StudyInfo, now) -> list[TrialRow]:
@@ -204,37 +214,40 @@ def _store(db, jobs: str) -> TrialStore:
 
 def load_study_data(db, name: str, *, jobs: str = "jobs") -> tuple[StudyInfo, list[TrialRow]]:
     """The study and all its trials, sorted by tid."""
-    info = get_study(db, name)
-    records = _store(db, jobs).records(info.exp_key, fields=TRIAL_FIELDS, lenient=True)
+    info = get_study(db, name, jobs=jobs)
+    records = _store(db, jobs).records(info.exp_key, fields=trial_fields(info.metric), lenient=True)
     return info, _rows(records, info, server_now(db))
 
 
-def list_study_infos(db) -> list[StudyInfo]:
-    """Every study, oldest first (the studies collection is small: one document per study)."""
-    return [study_info(d) for d in db.studies.find({}).sort("created", 1)]
+def list_study_infos(db, *, jobs: str = "jobs", experiments: bool = True) -> list[StudyInfo]:
+    """Every study, oldest first (the studies collection is small: one document per study), then the
+    experiments of stock fmin jobs by name (``experiments``: a read of every job's exp_key)."""
+    store = StudyStore(db)
+    found = [info_of(s) for s in store.list()]
+    return found + ([info_of(e) for e in store.experiments(_store(db, jobs))] if experiments else [])
 
 
-def load_workers(db, now: datetime.datetime | None = None, *, include_gone_s: float = 300.0) -> list[dict]:
-    """Workers seen in the last ``include_gone_s`` seconds, with their state (idle, running, lost, stopped)."""
-    from ..store.workers import LIVE_S as WORKER_LIVE_S
-
-    now = now or server_now(db)
-    cutoff = now - datetime.timedelta(seconds=include_gone_s)
+def load_workers(db, now: datetime.datetime | None = None, *, include_gone_s: float = 300.0,
+                 done: dict[str, int] | None = None) -> list[dict]:
+    """Workers seen in the last ``include_gone_s`` seconds, with their state (idle, running, lost, stopped);
+    ``done``: the trials each finished (``done_counts``), else each worker's own counter."""
     rows = []
-    for w in db.workers.find({"heartbeat": {"$gte": cutoff}},
-                             projection=["_id", "host", "pid", "gpu", "study", "status", "current", "heartbeat",
-                                         "trials_done"]).sort("_id", 1):
-        age = (now - w["heartbeat"]).total_seconds() if isinstance(w.get("heartbeat"), datetime.datetime) else None
-        if w.get("status") == "stopped":
-            state = "stopped"
-        elif age is None or age > WORKER_LIVE_S:
-            state = "lost"
-        else:
-            state = w.get("status") or "idle"
+    for w in WorkerRegistry(db).listing(seen_within_s=include_gone_s, done=done, now=now):
+        age = w["heartbeat_age_s"]
         rows.append({"id": str(w["_id"]), "host": w.get("host"), "pid": w.get("pid"), "gpu": w.get("gpu"),
-                     "study": w.get("study"), "state": state, "current": w.get("current"),
+                     "study": w.get("study"), "state": w["state"], "current": w.get("current"),
                      "trials_done": w.get("trials_done"), "heartbeat_age_s": None if age is None else round(age, 1)})
     return rows
+
+
+def done_counts(rows: Iterable[TrialRow], into: dict[str, int] | None = None) -> dict[str, int]:
+    """Finished trials per worker id among ``rows`` (added to ``into``); lease-expiry failures are nobody's."""
+    out = {} if into is None else into
+    for r in rows:
+        wid = (r.worker or {}).get("id")
+        if r.state in TERMINAL and wid and not (r.failure and r.failure.get("kind") == "lease"):
+            out[wid] = out.get(wid, 0) + 1
+    return out
 
 
 class TrialLoader:
@@ -262,17 +275,17 @@ class TrialLoader:
         self.docs_read = 0  # trial documents read so far (the cost that grows on the embedded server)
 
     def refresh(self) -> list[TrialRow]:
-        self.info = get_study(self.db, self.name)
+        self.info = get_study(self.db, self.name, jobs=self.jobs)
         now = server_now(self.db)
         self.now = now
         size = self.store.jobs.estimated_document_count()
         self._calls += 1
         if self._since is None:
-            records = self.store.records(self.info.exp_key, fields=TRIAL_FIELDS, lenient=True)
+            records = self.store.records(self.info.exp_key, fields=trial_fields(self.info.metric), lenient=True)
         else:
             queued = size != self._size or self._calls % self.queued_every == 0
-            records = self.store.changed(self.info.exp_key, self._since, queued=queued, fields=TRIAL_FIELDS,
-                                         lenient=True)
+            records = self.store.changed(self.info.exp_key, self._since, queued=queued,
+                                         fields=trial_fields(self.info.metric), lenient=True)
         self._size = size
         fresh = _rows(records, self.info, now)
         self.docs_read += len(fresh)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from ..store import open_client
+from ..store.trialdoc import TrialStore
 from ..store.workers import WorkerRegistry
 
 
 def list_workers(url: str, include_gone: bool = False) -> list[dict]:
-    client, db, _ = open_client(url)
+    """Every live worker (with ``include_gone``, stopped and lost ones too); ``trials_done`` counts the
+    trials each one finished, read from the trials."""
+    client, db, parsed = open_client(url)
     try:
-        return WorkerRegistry(db).listing(include_gone)
+        done = TrialStore(db, db[parsed.collection]).done_by_worker()
+        return WorkerRegistry(db).listing(include_gone, done=done)
     finally:
         client.close()

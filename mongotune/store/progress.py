@@ -59,9 +59,17 @@ def snapshot(trials: TrialStore, workers: WorkerRegistry, study: Study, started:
                         "host": w.host if w else None, "gpu": w.gpu if w else None,
                         "heartbeat_age_s": (now - rec.refresh_time).total_seconds() if rec.refresh_time else None,
                         "progress": rec.progress or {}, "step": rec.curve[-1].step if rec.curve else None})
-    metric_name = study.metric.get("name")
-    best_metric = best.result.get(metric_name) if best else None
+    best_metric = best.metric_value(str(study.metric.get("name") or "loss")) if best else None
+    elapsed = time.monotonic() - started if started else trial_span_s(trials, study.exp_key, now)
     return Snapshot(study.name, study.max_evals, counts.as_dict(),
-                    best.loss if best else None, best.params if best else None, best.tid if best else None,
-                    best_metric if isinstance(best_metric, (int, float)) else None, dict(study.metric), running,
-                    len(workers.live(study.exp_key, now)), time.monotonic() - started if started else 0.0)
+                    best.loss if best else None, best.param_values if best else None, best.tid if best else None,
+                    best_metric, dict(study.metric), running, len(workers.live(study.exp_key, now)), elapsed)
+
+
+def trial_span_s(trials: TrialStore, exp_key: str, now) -> float:
+    """Seconds from the study's first trial taken to its last one ended (to now while one runs)."""
+    first, last, running = trials.span(exp_key)
+    end = now if running else last
+    if first is None or end is None:
+        return 0.0
+    return max(0.0, (end - first).total_seconds())

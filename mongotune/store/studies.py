@@ -163,6 +163,31 @@ class Study:
         return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
 
 
+#: the objective kind of stock hyperopt ``fmin`` jobs (run by ``mongotune hyperopt-worker``): no study document
+STOCK_FMIN_KIND = "hyperopt"
+
+
+class Experiment(Study):
+    """Stock hyperopt ``fmin`` jobs seen as a study: ``MongoTrials(url, exp_key=K)`` queues them without a
+    study document, ``mongotune hyperopt-worker`` runs them.  Its name is its exp_key, its metric the loss
+    its objective returns (minimised), its budget the jobs queued so far."""
+
+    @property
+    def exp_key(self) -> str:
+        return self.name
+
+
+def experiment(name: str, trials) -> Experiment:
+    """The ``Experiment`` of exp_key ``name`` in ``trials`` (a ``TrialStore``; counts only, no aggregation,
+    so that the dashboard's read-only handle can run it)."""
+    from .trialdoc import QUEUED, RUNNING
+
+    total = trials.jobs.count_documents({"exp_key": name})
+    busy = trials.jobs.count_documents({"exp_key": name, "state": {"$in": [QUEUED, RUNNING]}})
+    return Experiment(name=name, max_evals=total, objective={"kind": STOCK_FMIN_KIND},
+                      search={"algo": "fmin"}, status="running" if busy else "done")
+
+
 def _upgrade(doc: dict) -> dict:
     """Read a study written before the generic core (objective name + Keras fields at the top)."""
     if isinstance(doc.get("objective"), dict):
@@ -229,6 +254,22 @@ class StudyStore:
     def find(self, name: str) -> Study | None:
         doc = self.coll.find_one({"_id": name})
         return Study.from_doc(doc) if doc else None
+
+    def resolve(self, name: str, trials) -> Study:
+        """Study ``name`` as the views show it: its document, else the stock fmin jobs of exp_key ``name`` in
+        ``trials`` (a ``TrialStore``) as an ``Experiment``; StudyNotFound when there is neither."""
+        doc = self.coll.find_one({"_id": name})
+        if doc is not None:
+            return Study.from_doc(doc)
+        if name.startswith(EXP_KEY_PREFIX) or not trials.count(name):
+            self.get(name)  # raises StudyNotFound, naming the known studies
+        return experiment(name, trials)
+
+    def experiments(self, trials) -> list[Experiment]:
+        """Every exp_key of stock fmin jobs in ``trials`` (a ``TrialStore``), as ``Experiment``s, by name."""
+        keys = sorted(k for k in trials.jobs.distinct("exp_key")
+                      if isinstance(k, str) and k and not k.startswith(EXP_KEY_PREFIX))
+        return [experiment(k, trials) for k in keys]
 
     def by_exp_key(self, exp_key: str) -> Study | None:
         doc = self.coll.find_one({"exp_key": exp_key})

@@ -74,6 +74,8 @@ import pymongo.monitoring
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._codec import decode, encode
+from .best import metric_value, pick_best
+from .best import ranked as by_rank
 
 log = logging.getLogger("mongotune.trials")
 
@@ -167,6 +169,7 @@ class TrialRecord(BaseModel):
     requeues: list[dict] = Field(default_factory=list)
     lease_expiries: list[dict] = Field(default_factory=list)
     version: int = 0
+    misc: Any = None  # hyperopt's: its ``vals`` are the params of stock fmin jobs (``param_values``)
 
     @property
     def outcome(self) -> Outcome:
@@ -188,6 +191,23 @@ class TrialRecord(BaseModel):
     @property
     def failure(self) -> dict | None:
         return self.result.get("failure") if self.outcome == "failed" else None
+
+    @property
+    def rank_facts(self) -> tuple:
+        """``(loss, pruned, tid)``: what ``best.rank_key`` ranks a trial by."""
+        return self.loss, self.outcome == "pruned", self.tid
+
+    def metric_value(self, name: str) -> float | None:
+        """The trial's value of the study's metric ``name`` (``best.metric_value``); None unless ok or pruned."""
+        return metric_value(self.result, name, self.loss) if self.outcome in ("ok", "pruned") else None
+
+    @property
+    def param_values(self) -> dict:
+        """The trial's params: mongotune's ``params``; for stock hyperopt fmin jobs, which have none,
+        hyperopt's ``misc.vals`` (each label's value; a ``choice`` shows the index it drew)."""
+        if self.params or not isinstance(self.misc, dict) or not isinstance(self.misc.get("vals"), dict):
+            return self.params
+        return {str(k): v[0] for k, v in self.misc["vals"].items() if isinstance(v, list) and len(v) == 1}
 
 
 def outcome_of(state: int, result: dict | None) -> Outcome:
@@ -645,13 +665,11 @@ class TrialStore:
         counts.error += sum(1 for d in self.jobs.find({"state": ERROR}, projection=["exp_key"])
                             if d.get("exp_key") == exp_key)
 
-        def loss(d: dict) -> float | None:
+        def facts(d: dict) -> tuple:
             r = d.get("result") or {}
-            v = r.get("loss") if r.get("status") == "ok" else None
-            return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+            return r.get("loss") if r.get("status") == "ok" else None, bool(r.get("pruned")), d["tid"]
 
-        ranked = sorted((d for d in done if loss(d) is not None), key=lambda d: (loss(d), d["tid"]))
-        best = next((d for d in ranked if not (d.get("result") or {}).get("pruned")), ranked[0] if ranked else None)
+        best = pick_best(done, facts)
         return (counts, _record(best) if best is not None else None,
                 [_record(d) for d in sorted(running, key=lambda d: d["tid"])])
 
@@ -661,24 +679,46 @@ class TrialStore:
 
     def ranked(self, exp_key: str, top: int | None = None, *, include_pruned: bool = False,
                fields: list[str] | None = None) -> list[TrialRecord]:
-        """Finished trials with a finite loss, best (lowest loss) first."""
+        """Finished trials with a finite loss, best first (``best.rank_key``: pruned ones after those that
+        ran to their end)."""
         q: dict = {"exp_key": exp_key, "state": DONE, "result.status": "ok"}
         if not include_pruned:
             q["result.pruned"] = {"$ne": True}
-        cursor = self.jobs.find(q, projection=fields).sort("result.loss", 1)
-        rows = []
-        for doc in cursor:
-            rec = _record(doc)
-            if rec.loss is not None:
-                rows.append(rec)
-                if top is not None and len(rows) >= top:
-                    break
-        return rows
+        rows = by_rank((_record(doc) for doc in self.jobs.find(q, projection=fields)), lambda r: r.rank_facts)
+        return rows if top is None else rows[:top]
 
-    def best(self, exp_key: str) -> TrialRecord | None:
-        """The best finished trial; a pruned one only when no trial ran to its end."""
-        rows = self.ranked(exp_key, 1) or self.ranked(exp_key, 1, include_pruned=True)
+    def best(self, exp_key: str, *, fields: list[str] | None = None) -> TrialRecord | None:
+        """The study's best trial (``best.rank_key``: a pruned one only when no trial ran to its end)."""
+        rows = self.ranked(exp_key, 1, include_pruned=True, fields=fields)
         return rows[0] if rows else None
+
+    def done_by_worker(self) -> dict[str, int]:
+        """How many trials each worker (by id) finished, read from the trials themselves (a worker's own
+        counter lags its last heartbeat); a trial failed by lease expiry is nobody's."""
+        pipeline = [{"$match": {"state": DONE}},
+                    {"$group": {"_id": {"w": "$worker.id", "k": "$result.failure.kind"}, "n": {"$sum": 1}}}]
+        done: dict[str, int] = {}
+        for row in self.jobs.aggregate(pipeline):
+            worker, kind = row["_id"].get("w"), row["_id"].get("k")
+            if isinstance(worker, str) and kind != "lease":
+                done[worker] = done.get(worker, 0) + row["n"]
+        return done
+
+    def span(self, exp_key: str) -> tuple[datetime.datetime | None, datetime.datetime | None, bool]:
+        """``(first, last, running)``: when the study's first trial was taken, when its last one ended
+        (None: none yet) and whether a trial is running now."""
+        first = last = None
+        running = False
+        for d in self.jobs.find({"exp_key": exp_key}, projection=["state", "book_time", "finished",
+                                                                  "refresh_time"]):
+            booked = d.get("book_time")
+            if isinstance(booked, datetime.datetime) and (first is None or booked < first):
+                first = booked
+            running = running or d.get("state") == RUNNING
+            ended = d.get("finished") or d.get("refresh_time")
+            if d.get("state") == DONE and isinstance(ended, datetime.datetime) and (last is None or ended > last):
+                last = ended
+        return first, last, running
 
     def get(self, exp_key: str, tid: int) -> TrialRecord | None:
         doc = self.jobs.find_one({"exp_key": exp_key, "tid": tid})

@@ -49,20 +49,27 @@ class WorkerRegistry:
             rows = [w for w in rows if w.get("exp_key") in (None, exp_key)]
         return rows
 
-    def listing(self, include_gone: bool = False) -> list[dict]:
-        """Every worker with its ``state`` (idle, running, stopping, stopped, lost) and heartbeat age."""
-        now = server_now(self.db)
+    def listing(self, include_gone: bool = False, *, seen_within_s: float | None = None,
+                done: dict[str, int] | None = None, now: datetime.datetime | None = None) -> list[dict]:
+        """Every worker with its ``state`` (idle, running, stopping, stopped, lost) and heartbeat age, oldest
+        first.  Stopped and lost ones are listed with ``include_gone``, or when heard from in the last
+        ``seen_within_s`` seconds.  ``done`` (``TrialStore.done_by_worker``): the trials each worker
+        finished, which replace its own counter (sent with its heartbeats, so behind by up to one)."""
+        now = now or server_now(self.db)
         rows = []
         for w in self.coll.find().sort("started", 1):
-            age = (now - w["heartbeat"]).total_seconds() if w.get("heartbeat") else None
+            age = (now - w["heartbeat"]).total_seconds() if isinstance(w.get("heartbeat"), datetime.datetime) else None
             if w.get("status") == "stopped":
                 state = "stopped"
             elif age is None or age > LIVE_S:
                 state = "lost"
             else:
                 state = w.get("status", "idle")
-            if state in ("stopped", "lost") and not include_gone:
+            recent = seen_within_s is not None and age is not None and age <= seen_within_s
+            if state in ("stopped", "lost") and not include_gone and not recent:
                 continue
+            if done is not None:
+                w["trials_done"] = done.get(str(w["_id"]), 0)
             rows.append({**w, "state": state, "heartbeat_age_s": age})
         return rows
 

@@ -13,7 +13,8 @@ from helpers import db_of, log_text, mongotune, run_cli, stop, wait_for
 pytestmark = pytest.mark.timeout(600)
 
 EDGE = ("empty", "one", "failed", "mixed")
-READ_COMMANDS = {"find", "getMore", "count", "hello", "ping", "endSessions", "killCursors", "isMaster", "ismaster"}
+READ_COMMANDS = {"find", "getMore", "count", "distinct", "hello", "ping", "endSessions", "killCursors", "isMaster",
+                 "ismaster"}
 
 
 def _load(url, name):

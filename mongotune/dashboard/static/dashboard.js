@@ -73,7 +73,7 @@
             td(text(s.objective) + (s.model ? ' / ' + text(s.model) : '')), td(text(s.status)),
             td(((c.ok || 0) + (c.failed || 0) + (c.pruned || 0)) + ' / ' + text(s.max_evals), 'num'),
             td(num(c.running || 0), 'num'), td(num(c.failed || 0), 'num'),
-            td(s.best ? num(s.best.metric) + ' (trial ' + text(s.best.tid) + ')' : '-', 'num'), td(text(s.metric)),
+            td(s.best ? num(s.best.metric) + ' (trial ' + text(s.best.tid) + (s.best.pruned ? ', pruned' : '') + ')' : '-', 'num'), td(text(s.metric)),
             td(typeof s.utilisation === 'number' ? Math.round(s.utilisation * 100) + '%' : '-', 'num'));
         });
         fill('studies', table('studies-table',
@@ -86,14 +86,15 @@
     tick();
   }
 
-  function workersTable(ws) {
+  // doneLabel: what the count is of (every study listed, or this study's trials)
+  function workersTable(ws, doneLabel) {
     var rows = (ws || []).map(function (w) {
       var cur = w.current ? text(w.current.study) + ' #' + text(w.current.tid) : '-';
       return el('tr', null, td(text(w.host)), td(text(w.pid), 'num'),
-        td(w.gpu === null || w.gpu === undefined ? 'cpu' : 'GPU ' + text(w.gpu)), td(badge(w.state)), td(cur),
+        td(w.gpu === null || w.gpu === undefined || w.gpu === 'none' ? 'cpu' : 'GPU ' + text(w.gpu)), td(badge(w.state)), td(cur),
         td(num(w.trials_done), 'num'), td(age(w.heartbeat_age_s), 'num'));
     });
-    return table('workers-table', ['host', 'pid', 'device', 'state', 'current trial', 'trials done', 'heartbeat age'], rows, 'no workers seen in the last 5 minutes');
+    return table('workers-table', ['host', 'pid', 'device', 'state', 'current trial', doneLabel || 'trials done', 'heartbeat age'], rows, 'no workers seen in the last 5 minutes');
   }
 
   // ------------------------------------------------------------ one study
@@ -220,7 +221,7 @@
     fill('running-body', table('running-table',
       ['trial', 'worker', 'epoch', 'heartbeat age', 'latest metrics', 'last output', 'attempt'],
       p.running.map(runningRow), 'no trial is running'));
-    fill('workers', workersTable(p.workers));
+    fill('workers', workersTable(p.workers, 'trials done here'));
     var all = Array.from(MT.rows.values()).sort(function (a, b) { return b.tid - a.tid; });
     document.getElementById('trial-count').textContent = '(' + total + ' in all)';
     fill('trials', table('trials-table', ['trial', 'state', 'loss', text(s.metric), 'worker', 'params'],
