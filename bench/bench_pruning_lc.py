@@ -61,6 +61,8 @@ ARMS = {  # name: (kind, search or sampler, pruner spec)
     "default+asha3": ("mongotune", {}, {"kind": "asha", "min_epochs": 3, "reduction_factor": 3}),
     "default+hyperband": ("mongotune", {}, {"kind": "hyperband", "min_epochs": 1, "reduction_factor": 3}),
     "default+median": ("mongotune", {}, {"kind": "median", "min_epochs": 2}),
+    "default+envelope": ("mongotune", {}, {"kind": "envelope", "min_epochs": 1}),
+    "default+envelope1": ("mongotune", {}, {"kind": "envelope", "min_epochs": 1, "top": 1}),
     "bohb-asha": ("mongotune", {"fidelity": "rung"}, {"kind": "asha", "min_epochs": 1, "reduction_factor": 3}),
     "bohb-hyperband": ("mongotune", {"fidelity": "rung"}, {"kind": "hyperband", "min_epochs": 1,
                                                             "reduction_factor": 3}),
@@ -187,6 +189,7 @@ class MongotuneArm:
         doc.update(state=JOB_STATE_DONE, result=result,
                    curve=[{"step": i + 1, "value": v} for i, v in enumerate(run.readings)])
         self.curves.trials[run.handle].finished = True
+        self.curves.trials[run.handle].pruned = pruned
         self.trials.refresh()
 
 

@@ -179,3 +179,26 @@ def test_a_keras_launch_like_the_demo_prunes_and_keeps_every_curve(mongo_url, tm
     assert status["counts"]["pruned"] == len(pruned) and status["counts"]["ok"] == n - len(pruned)
     best = min(docs.values(), key=lambda d: d["result"]["loss"])
     assert status["best"]["tid"] == best["tid"]
+
+
+def test_envelope_waits_for_complete_trials_then_stops_a_trial_below_the_winners(mongo_url, tmp_path):
+    coord = Coordinator(mongo_url)
+    coord.create(Study(name="env", max_evals=5, objective={"kind": "synthetic", "steps": 4, "sleep_s": 0.4},
+                       pruner={"kind": "envelope", "min_epochs": 1}))
+    # three good trials complete first (one worker takes them in tid order), then a clearly worse one
+    # arrives while a fourth good one would still be allowed to go on
+    queue_trials(mongo_url, "env", [{"x": 0.3}, {"x": 0.35}, {"x": 0.2}, {"x": 1.0}, {"x": 0.32}])
+    w = mongotune("worker", "--mongo", mongo_url, "--study", "env", log=tmp_path / "w.log")
+    db = db_of(mongo_url)
+    try:
+        wait_for(lambda: db.jobs.count_documents({"exp_key": "mongotune:env", "state": 2}) == 5, 120, 0.1,
+                 what="five finished trials")
+    finally:
+        assert stop(w) == 0, log_text(tmp_path / "w.log")[-2000:]
+    docs = _docs(db, "env")
+    assert [bool(docs[t]["result"].get("pruned")) for t in range(1, 6)] == [False, False, False, True, False]
+    r = docs[4]["result"]
+    assert r["pruned_at"] == 1 and [p["step"] for p in docs[4]["curve"]] == [1]
+    assert r["pruned_by"]["pruner"] == "envelope" and sorted(r["pruned_by"]["leaders"]) == [1, 2, 3]
+    # the bar is the worst of the three winners at step 1: (0.2 - 0.3)^2 * 2 = 0.02; trial 4 read 0.98
+    assert r["pruned_by"]["bar"] == pytest.approx(0.02) and r["pruned_by"]["value"] == pytest.approx(0.98)

@@ -49,7 +49,7 @@ import pymongo
 
 from .. import paths
 from ..errors import TrialFailure, TrialPruned
-from ..objectives import TrialContext, get_objective, runs_user_code
+from ..objectives import TrialContext, kind_for_trial, runs_user_code
 from ..search.pruners import ASHAPruner, Pruner, StudyCurves, TrialCurve, make_pruner, orient
 from ..store import RetryPolicy, decode, encode, open_client
 from ..store._connection import FOREVER, is_transient
@@ -126,7 +126,9 @@ class _CurveCache:
 
     def _curve(self, doc: dict, finished: bool) -> TrialCurve:
         points = _latest_run(decode(doc.get("curve") or []))
-        return TrialCurve(doc["tid"], {p["step"]: orient(p["value"], self.study.goal) for p in points}, finished)
+        pruned = bool((doc.get("result") or {}).get("pruned"))
+        return TrialCurve(doc["tid"], {p["step"]: orient(p["value"], self.study.goal) for p in points}, finished,
+                          pruned)
 
     def read(self) -> StudyCurves:
         import datetime
@@ -134,7 +136,7 @@ class _CurveCache:
         # one field per filter (the study and state are checked here): the embedded server probes
         # the whole collection for every field of a filter
         q_done = {"state": DONE} if self.since is None else {"refresh_time": {"$gt": self.since}}
-        fields = ["tid", "state", "curve", "refresh_time", "exp_key"]
+        fields = ["tid", "state", "curve", "refresh_time", "exp_key", "result.pruned"]
         newest = self.since
         for doc in self.trials.jobs.find(q_done, projection=fields):
             if doc.get("exp_key") != self.study.exp_key or doc.get("state") != DONE:
@@ -564,18 +566,17 @@ class Worker:
 
     def _check_paths(self, study: Study) -> None:
         """Files a study names are read only inside this worker's allowed roots."""
-        if study.kind != "keras":
-            return
-        from ..objectives.keras_trial import KerasSettings
-
-        for p in KerasSettings.of(study).local_paths():
+        for p in kind_for_trial(study).local_paths(study):
             if not _under(p, self.allowed_roots):
                 raise TrialFailure("config", f"the study names {p}, which is outside this worker's allowed "
                                              f"roots; start the worker with --allow-root DIR to allow it")
 
     def _pruner(self, study: Study) -> Pruner:
         if study.name not in self._pruners:
-            max_epochs = (study.objective.get("training") or {}).get("epochs")
+            try:
+                max_epochs = kind_for_trial(study).max_epochs(study)
+            except TrialFailure:  # a kind this worker does not know: the trial fails as config before it runs
+                max_epochs = None
             self._pruners[study.name] = make_pruner(study.pruner, max_epochs)
             self._curves[study.name] = _CurveCache(self.trials, study)
         return self._pruners[study.name]
@@ -645,7 +646,7 @@ class Worker:
             art = self._artifacts_dir(study, lease)
             ctx.artifacts_dir = str(art)
             self.retry.call(lambda: self.trials.record_artifacts(lease, self.host, str(art)), "record artifacts")
-            result = validate_result(get_objective(study.objective)(study, lease.params, ctx))
+            result = validate_result(kind_for_trial(study).run(study, lease.params, ctx))
         except TrialPruned as p:
             result = self._pruned_result(study, best.get("value"), p, self._pruned_by.pop(lease.tid, None))
         except TrialFailure as f:
@@ -653,8 +654,6 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - trial-level failure: record and go on
             kind, reason = _classify(exc)
             result = failure_result(kind, reason, traceback.format_exc())
-        except MemoryError as exc:
-            result = failure_result("oom", f"out of memory: {exc}")
         self._pruned_by.pop(lease.tid, None)  # a prune answer that came after the objective's end
         duration = time.monotonic() - started
         extra = {"artifacts": {"host": self.host, "path": str(art)}} if art is not None else {}

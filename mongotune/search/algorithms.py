@@ -22,7 +22,8 @@ Algorithms and their options (default in brackets):
   sets from the study).  Options: startup_trials (10), constant_liar (true),
   multivariate (true), group (none: true on conditional spaces),
   n_ei_candidates (24), dedupe (true), max_trials (2000), fidelity (final),
-  goal (min).
+  goal (min), gamma (0.1: the best 10 % of the finished trials, at most 25,
+  make the "good" density).
 * ``tpe``: hyperopt's TPE; pending trials enter with a constant lie (the
   worst loss), so parallel workers get distinct points
   (``mongotune.search.tpe``).  Options: startup_trials (20), constant_liar
@@ -116,7 +117,7 @@ ALGORITHMS: dict[str, tuple[Callable, dict]] = {
     "optuna-tpe": (optuna_tpe.suggest, {"startup_trials": _int(0), "constant_liar": _bool, "multivariate": _bool,
                                         "group": _bool_or_none, "n_ei_candidates": _int(1), "dedupe": _bool,
                                         "max_trials": _int(10), "fidelity": _one_of("final", "rung"),
-                                        "goal": _one_of("min", "max")}),
+                                        "goal": _one_of("min", "max"), "gamma": _float(0.0, 1.0, open_low=True)}),
     "tpe": (tpe.suggest, {"startup_trials": _int(0), "constant_liar": _bool, "n_ei_candidates": _int(1),
                           "gamma": _float(0.0, 1.0, open_low=True), "prior_weight": _float(0.0, open_low=True)}),
     "rand": (_rand.suggest, {}),

@@ -40,6 +40,7 @@ sampler sees the best half and the most recent others.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,7 @@ from .optuna_mirror import StudyMirror
 from .optuna_space import OptunaSpace
 
 DEFAULT_STARTUP = 10
+DEFAULT_GAMMA = 0.10  # the "good" trials: this fraction of the finished ones, at most 25 (Optuna's default)
 RESAMPLES = 4  # asks of the sampler for a point not tried yet, before the prior is asked
 PRIOR_DRAWS = 64  # prior draws for such a point, then (small discrete spaces) every point is looked at
 ENUMERATE_UP_TO = 100_000  # points in a discrete space worth listing to find one not tried
@@ -91,9 +93,10 @@ class _Search:
 def _sampler(space: OptunaSpace, options: dict, seed: int):
     cls = _dedupe_sampler_class()
     group = options["group"] if options["group"] is not None else space.conditional
+    fraction = options["gamma"]
     sampler = cls(seed=seed, n_startup_trials=options["startup_trials"], n_ei_candidates=options["n_ei_candidates"],
                   multivariate=options["multivariate"] or group, group=group,
-                  constant_liar=options["constant_liar"])
+                  constant_liar=options["constant_liar"], gamma=lambda n: min(math.ceil(fraction * n), 25))
     return sampler
 
 
@@ -132,7 +135,7 @@ def _owner(trials):
 
 def suggest(new_ids, domain, trials, seed, *, startup_trials: int = DEFAULT_STARTUP, constant_liar: bool = True,
             multivariate: bool = True, group: bool | None = None, n_ei_candidates: int = 24, dedupe: bool = True,
-            max_trials: int = 2000, fidelity: str = "final", goal: str = "min"):
+            max_trials: int = 2000, fidelity: str = "final", goal: str = "min", gamma: float = DEFAULT_GAMMA):
     """hyperopt-compatible suggest: one new trial document per id in ``new_ids``.
 
     ``fidelity="rung"``: fit the model to every finished trial's best reading up to the highest step that
@@ -145,7 +148,7 @@ def suggest(new_ids, domain, trials, seed, *, startup_trials: int = DEFAULT_STAR
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = {"startup_trials": startup_trials, "constant_liar": constant_liar, "multivariate": multivariate,
                "group": group, "n_ei_candidates": n_ei_candidates, "dedupe": dedupe, "max_trials": max_trials,
-               "fidelity": fidelity, "goal": goal}
+               "fidelity": fidelity, "goal": goal, "gamma": gamma}
     search = _search_for(domain, trials, options, seed)
     docs = list(trials.trials)
     if fidelity == "rung":

@@ -18,6 +18,14 @@ a resume (the curves live in the trial documents).
 * ``hyperband``: several successive-halving brackets with staggered first
   rungs (``min_epochs * reduction_factor**b``); a trial's bracket is fixed by
   its tid, and it only competes with trials of its own bracket.
+* ``envelope``: stop a trial that is worse, at its current step, than every
+  one of the study's ``top`` best complete trials was at the same step (from
+  ``min_epochs`` on, once ``min_trials`` trials ran to their end).  Where the
+  trials that end best started slowly, their early readings are poor and the
+  bar at early steps is low, so slow starters are not thrown away; where they
+  led from the first epoch, the bar is high and hopeless trials stop at once.
+  The rule compares a trial with what the winners actually did, not with the
+  median or the top third of everyone at that step.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
-PRUNERS = ("none", "median", "asha", "hyperband")
+PRUNERS = ("none", "median", "asha", "hyperband", "envelope")
 
 
 @dataclass
@@ -38,6 +46,7 @@ class TrialCurve:
     tid: int
     values: dict[int, float] = field(default_factory=dict)  # step -> value
     finished: bool = False
+    pruned: bool = False
 
     def at(self, step: int) -> float | None:
         """The value at ``step``, or at the last step before it that was reported (None if none)."""
@@ -198,6 +207,40 @@ class HyperbandPruner(ASHAPruner):
                 f"{self.reduction_factor}^b up to {self.max_epochs})")
 
 
+class EnvelopePruner(Pruner):
+    name = "envelope"
+
+    def __init__(self, min_epochs: int = 1, top: int = 3, min_trials: int = 3):
+        self.min_epochs = min_epochs
+        self.top = top
+        self.min_trials = min_trials  # complete trials needed before any decision
+
+    def decides_at(self, tid: int, step: int) -> bool:
+        return step >= self.min_epochs
+
+    def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
+        return self.decision(curves, tid, step)[0]
+
+    def decision(self, curves: StudyCurves, tid: int, step: int) -> tuple[bool, dict]:
+        why: dict = {"pruner": self.name, "step": step}
+        mine = curves.trials.get(tid)
+        value = mine.best_until(step) if mine is not None and step >= self.min_epochs else None
+        complete = [c for c in curves.others(tid) if c.finished and not c.pruned and c.values]
+        if value is None or len(complete) < self.min_trials:
+            return False, why
+        leaders = sorted(complete, key=lambda c: min(c.values.values()))[: self.top]
+        then = [v for v in (c.best_until(step) for c in leaders) if v is not None]
+        if not then:  # the leaders' curves start after this step: nothing to compare with
+            return False, why
+        bar = max(then)
+        why.update(value=value, bar=bar, leaders=[c.tid for c in leaders], complete=len(complete))
+        return value > bar, why
+
+    def describe(self) -> str:
+        return (f"envelope (from epoch {self.min_epochs}: worse than each of the {self.top} best complete "
+                f"trials at the same epoch, once {self.min_trials} trials completed)")
+
+
 def _int_option(spec: dict, key: str, default: int, low: int, flag: str) -> int:
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -222,9 +265,11 @@ def make_pruner(spec: dict | None, max_epochs: int | None = None) -> Pruner:
     if kind not in PRUNERS:
         raise ConfigError(f"unknown pruner {kind!r}; choose from: {', '.join(PRUNERS)}")
     min_epochs = _int_option(spec, "min_epochs", 1, 1, "--min-epochs")
-    min_trials = _int_option(spec, "min_trials", 4 if kind == "median" else 1, 1, "--min-trials")
+    min_trials = _int_option(spec, "min_trials", {"median": 4, "envelope": 3}.get(kind, 1), 1, "--min-trials")
     if kind == "median":
         return MedianPruner(min_epochs, min_trials)
+    if kind == "envelope":
+        return EnvelopePruner(min_epochs, _int_option(spec, "top", 3, 1, "--top"), min_trials)
     rf = _int_option(spec, "reduction_factor", 3, 2, "--reduction-factor")
     if kind == "asha":
         return ASHAPruner(min_epochs, rf, min_trials)
