@@ -710,17 +710,6 @@ def start_server(dbpath: str | Path | None = None, port: int | None = None, host
     return EmbeddedServer(dbpath, state.get("port"), state.get("host"), proc, Path(state["socket"]))
 
 
-def ensure_embedded(dbpath: str | Path | None = None) -> EmbeddedServer:
-    """Compatibility: the per-user background server as a handle whose ``stop()`` does nothing.
-
-    Use :func:`mongotune.store.local_server.embedded_url` instead.
-    """
-    from .local_server import ensure_server
-
-    info, _ = ensure_server(dbpath)
-    return EmbeddedServer(info.dbpath, info.port, info.host, None, Path(info.socket) if info.socket else None)
-
-
 # ---------------------------------------------------------------- process entry point
 def _reply(fd: int | None, message: dict) -> None:
     if fd is None:

@@ -771,18 +771,6 @@ class TrialStore:
                                 doc.get("tid"), exp_key, exc.errors()[0].get("msg"))
         return sorted(seen.values(), key=lambda r: r.tid)
 
-    def curves(self, exp_key: str, *, states: Iterable[int] = (RUNNING, DONE),
-               exclude_tids: Iterable[int] = ()) -> list[TrialRecord]:
-        """Trials with their curves (what a pruner looks at): tid, state, result status/pruned, curve."""
-        q: dict = {"exp_key": exp_key, "state": {"$in": list(states)}}
-        skip = set(exclude_tids)
-        out = []
-        for doc in self.jobs.find(q, projection=["tid", "exp_key", "state", "result.status", "result.pruned",
-                                                 "result.loss", "curve"]):
-            if doc["tid"] not in skip:
-                out.append(_record(doc))
-        return out
-
 
 _RUNNING_FIELDS = ["tid", "exp_key", "state", "worker", "book_time", "refresh_time", "progress", "attempts",
                    "params", "curve", "artifacts"]
