@@ -8,6 +8,26 @@ import shutil
 import subprocess
 
 
+_CPU_WORDS = ("none", "cpu", "-1")
+
+
+def cuda_visible_devices(gpu: str) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a worker's ``--gpu``: an index (``0``), a list of them (``0,1``), a device
+    UUID (``GPU-...``, ``MIG-...``), or ``none``/``cpu``/``-1`` for the CPU (``""``).  ConfigError otherwise."""
+    import re
+
+    from .errors import ConfigError
+
+    text = gpu.strip() if isinstance(gpu, str) else ""
+    if text.lower() in _CPU_WORDS:
+        return ""
+    items = text.split(",")
+    if text and all(re.fullmatch(r"\d{1,3}|(?:GPU|MIG)-[0-9A-Za-z/-]+", i.strip()) for i in items):
+        return ",".join(i.strip() for i in items)
+    raise ConfigError(f"--gpu {gpu!r}: give a GPU index (0, 1, ...), a comma-separated list of them, a GPU-/MIG- "
+                      "UUID, or none for the CPU")
+
+
 @functools.lru_cache(maxsize=1)
 def gpu_memory_bytes() -> int | None:
     """Total memory of the first visible NVIDIA GPU (from ``nvidia-smi``), or None without one.

@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
     max_evals = 5
     coord = mongotune("launch", "baseline", "--study", "e2e", "--dataset", "digits", "--max-evals", max_evals,
-                      "--workers", 2, "--epochs", 2, "--patience", 1, "--algo", "rand", "--xla", "on", "--mongo", mongo_url, "-q",
+                      "--workers", 2, "--epochs", 2, "--patience", 1, "--algo", "rand", "--pruner", "none", "--xla", "on",
+                      "--mongo", mongo_url, "-q",
                       log=tmp_path / "launch.log")
     db = db_of(mongo_url)
     try:

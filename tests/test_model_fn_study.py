@@ -42,7 +42,7 @@ def test_a_model_fn_study_trains_the_users_model(mongo_url, tmp_path, user_code)
     path = f"{REPO}{os.pathsep}{folder}"  # the user's module is importable here and on the workers only
     res = run_cli("launch", "--model-fn", "usermodels:build_model", "--space", space, "--dataset", "digits",
                   "--study", "mine", "--max-evals", 2, "--epochs", 2, "--patience", 1, "--algo", "rand",
-                  "--workers", 2, "--mongo", mongo_url, "-q", timeout=800, PYTHONPATH=path)
+                  "--pruner", "none", "--workers", 2, "--mongo", mongo_url, "-q", timeout=800, PYTHONPATH=path)
     assert res.returncode == 0, res.stdout + res.stderr
     docs = list(db_of(mongo_url).jobs.find({"exp_key": "mongotune:mine"}))
     assert len(docs) == 2 and all(d["state"] == JOB_STATE_DONE for d in docs)

@@ -55,6 +55,16 @@ def _hide_password(url: str | None) -> None:
             pass
 
 
+def _check_url(url: str | None) -> None:
+    """A bad URL (given, or in $MONGOTUNE_MONGO or its file) fails now: before anything heavy loads, any
+    download starts or any server is contacted."""
+    from ..store._url import parse_mongo_url, url_from_env
+
+    url = url or url_from_env()
+    if url:
+        parse_mongo_url(url)
+
+
 @contextlib.contextmanager
 def _mongo(url: str | None):
     """Yield a usable URL: the one given (option, $MONGOTUNE_MONGO or $MONGOTUNE_MONGO_FILE), or the

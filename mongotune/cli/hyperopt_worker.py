@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import MongoOpt, _mongo, _setup_logging, _user_errors, app, err
+from ._common import MongoOpt, _check_url, _mongo, _setup_logging, _user_errors, app, err
 
 
 @app.command("hyperopt-worker")
@@ -31,7 +31,8 @@ def hyperopt_worker(
         max_attempts: int = typer.Option(3, help="Expired leases before a job is failed."),
         verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Run stock hyperopt jobs (fmin with mongotune.store.MongoTrials) under the pool's leases."""
-    from ..pool.hyperopt_worker import HyperoptWorker, HyperoptWorkerConfig, install_signal_handlers
+    from ..devices import cuda_visible_devices
+    from ..pool.hyperopt_config import HyperoptWorkerConfig
 
     config = HyperoptWorkerConfig(
         mongo="", exp_key=exp_key, max_jobs=max_jobs, poll_interval=poll_interval,
@@ -39,11 +40,14 @@ def hyperopt_worker(
         max_consecutive_failures=max_consecutive_failures, allow_pickle=allow_pickle, gpu=gpu, lease_s=lease,
         max_attempts=max_attempts)
     with _user_errors():
-        config.validate()  # before any server is started or contacted
+        config.validate()  # before anything heavy loads, any server is started or contacted
+        _check_url(mongo)
     if gpu is not None:  # before an objective can import TensorFlow
-        os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu.lower() in ("none", "cpu", "-1") else gpu
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(gpu)
     _setup_logging(verbose)
     with _user_errors(), _mongo(mongo) as url:
+        from ..pool.hyperopt_worker import HyperoptWorker, install_signal_handlers
+
         config.mongo = url
         w = HyperoptWorker(config)
         install_signal_handlers(w)

@@ -8,15 +8,15 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._common import JsonOpt, MongoOpt, _mongo, _setup_logging, _user_errors, app, err, lit, out, print_json
+from ._common import JsonOpt, MongoOpt, _check_url, _mongo, _setup_logging, _user_errors, app, err, lit, out, print_json
 
 
 @app.command()
 def worker(mongo: Optional[str] = MongoOpt,
            gpu: Optional[str] = typer.Option(None, help="GPU index to pin (sets CUDA_VISIBLE_DEVICES); 'none' = CPU."),
            study: Optional[str] = typer.Option(None, help="Only run trials of this study."),
-           idle_timeout: Optional[float] = typer.Option(None, help="Leave after this many idle seconds."),
-           max_trials: Optional[int] = typer.Option(None, help="Leave after this many trials."),
+           idle_timeout: Optional[float] = typer.Option(None, min=0, help="Leave after this many idle seconds."),
+           max_trials: Optional[int] = typer.Option(None, min=1, help="Leave after this many trials."),
            artifacts: Optional[str] = typer.Option(None, help="This host's artifact root (default "
                                                    "$MONGOTUNE_ARTIFACTS, else $MONGOTUNE_HOME/artifacts)."),
            allow_root: List[str] = typer.Option([], "--allow-root", help="A directory whose files studies may "
@@ -26,8 +26,12 @@ def worker(mongo: Optional[str] = MongoOpt,
                                                 "user's own code (commands, model functions)."),
            verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Join the pool: reserve trials, train, report; stays until stopped."""
-    if gpu is not None:  # before anything can import TensorFlow
-        os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu.lower() in ("none", "cpu", "-1") else gpu
+    from ..devices import cuda_visible_devices
+
+    with _user_errors():  # bad input answers before anything heavy loads or a server starts
+        if gpu is not None:  # before anything can import TensorFlow
+            os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(gpu)
+        _check_url(mongo)
     _setup_logging(verbose)
     with _user_errors(), _mongo(mongo) as url:
         from ..pool.worker import Worker, WorkerConfig, install_signal_handlers

@@ -15,12 +15,21 @@ from .progress import best_text, progress_table
 
 
 def _describe(st) -> str:
-    obj = st.objective
-    what = {"keras": lambda: f"{obj.get('model_fn') or obj.get('model')} on {(obj.get('dataset') or {}).get('name')}",
-            "command": lambda: f"command {' '.join(obj.get('command', [])) if isinstance(obj.get('command'), list) else obj.get('command')}"}
-    text = what.get(st.kind, lambda: st.kind)()
+    from ..objectives import describe
+
     pruner = (st.pruner or {}).get("kind")
-    return f"{text}, {st.algo}" + (f", {pruner} pruning" if pruner else "")
+    return f"{describe(st)}, {st.algo}" + (f", {pruner} pruning" if pruner else "")
+
+
+def _seed(st) -> int | None:
+    """The study's seed (rerun it exactly with ``launch --seed N``); None where mongotune does not seed it."""
+    from ..errors import ConfigError
+    from ..objectives import objective_kind
+
+    try:
+        return st.seed if objective_kind(st).seeded else None
+    except ConfigError:
+        return st.seed
 
 
 @app.command()
@@ -43,9 +52,11 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
             client.close()
     if as_json:
         print_json({**snap.as_dict(), "status": st.status, "objective": st.kind, "algo": st.algo,
-                    "pruner": st.pruner, "metric": st.metric})
+                    "pruner": st.pruner, "metric": st.metric, "seed": _seed(st)})
         return
-    out.print(Text.assemble("study ", (str(st.name), "bold"), f": {_describe(st)}, status {st.status}"))
+    seed = _seed(st)
+    out.print(Text.assemble("study ", (str(st.name), "bold"), f": {_describe(st)}, status {st.status}"
+                            + (f", seed {seed}" if seed is not None else "")))
     out.print(progress_table(snap))
     if snap.best_params is not None:
         out.print(lit(f"best: {best_text(snap)}, loss {snap.best_loss:.5g}: "

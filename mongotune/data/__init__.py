@@ -16,12 +16,16 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mongotune.errors import DataError
 
-from . import _cache
-from ._dataset import Dataset
 from ._spec import DATASETS, INTERPOLATIONS, NATIVE_SHAPES, DataSpec
+
+# ``_cache`` and ``Dataset`` need numpy: imported where used, so that checking a DataSpec (what a launch does
+# before anything heavy) costs nothing
+if TYPE_CHECKING:  # pragma: no cover
+    from ._dataset import Dataset
 
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -54,6 +58,8 @@ def available_datasets() -> list[str]:
 
 def default_cache_dir() -> Path:
     """``$MONGOTUNE_DATA_DIR``, else ``~/.cache/mongotune/data``."""
+    from . import _cache
+
     return _cache.default_cache_dir()
 
 
@@ -65,6 +71,8 @@ def prepare(spec: DataSpec, cache_dir: str | os.PathLike | None = None,
     half-written or corrupt one is (re)built under an exclusive lock, so
     processes racing on one host build it once.  ``force`` rebuilds anyway.
     """
+    from . import _cache
+
     if not isinstance(spec, DataSpec):
         raise TypeError(f"prepare() needs a DataSpec, got {type(spec).__name__}")
     root = _cache.resolve_cache_dir(cache_dir)
@@ -85,6 +93,8 @@ def fetch(spec: DataSpec, cache_dir: str | os.PathLike | None = None,
     this before it writes a study, so that a missing download fails at once
     with one line rather than in every trial.
     """
+    from . import _cache
+
     if not isinstance(spec, DataSpec):
         raise TypeError(f"fetch() needs a DataSpec, got {type(spec).__name__}")
     root = _cache.resolve_cache_dir(cache_dir)
@@ -108,6 +118,8 @@ def load(spec: DataSpec, cache_dir: str | os.PathLike | None = None,
     object, whose arrays are read-only memory maps.  Opening checks sizes and
     headers only (cheap); a missing or broken cache is prepared first.
     """
+    from . import _cache
+
     if not isinstance(spec, DataSpec):
         raise TypeError(f"load() needs a DataSpec, got {type(spec).__name__}")
     root = _cache.resolve_cache_dir(cache_dir)
@@ -133,6 +145,8 @@ def clear_memo() -> None:
 def verify(spec: DataSpec, cache_dir: str | os.PathLike | None = None,
            progress: Progress | None = None) -> dict:
     """Hash every file of the cache of ``spec``; return its meta or raise DataError."""
+    from . import _cache
+
     root = _cache.resolve_cache_dir(cache_dir)
     path = root / spec.cache_key()
     problem = _cache.check_entry(path, spec, full=True, progress=progress)
@@ -144,18 +158,31 @@ def verify(spec: DataSpec, cache_dir: str | os.PathLike | None = None,
 def list_cached(cache_dir: str | os.PathLike | None = None) -> list[dict]:
     """One dict per prepared entry: key, name, size, shapes, bytes, created,
     classes, path and status ('ok' or 'corrupt: why')."""
+    from . import _cache
+
     return _cache.list_entries(_cache.resolve_cache_dir(cache_dir))
 
 
 def list_downloads(cache_dir: str | os.PathLike | None = None) -> list[dict]:
     """The downloaded source files (``.part`` ones included) with their sizes."""
+    from . import _cache
+
     return _cache.list_downloads(_cache.resolve_cache_dir(cache_dir))
+
+
+def __getattr__(name: str):
+    if name == "Dataset":
+        from ._dataset import Dataset
+
+        return Dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def inspect(spec: DataSpec, out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
             progress: Progress | None = None, *, per_class: int = 8, compare_tf: bool = True) -> list[Path]:
     """Write PNGs to look at (samples per class, resize methods compared,
     label distribution); returns their paths.  See ``_inspect``."""
+    from . import _cache
     from ._inspect import inspect as _inspect
 
     return _inspect(spec, Path(out_dir), cache_dir=_cache.resolve_cache_dir(cache_dir),

@@ -233,6 +233,20 @@ def load_zoo() -> None:
         importlib.import_module(f"mongotune.models.{module}")
 
 
+def zoo_names() -> list[str]:
+    """Names of the built-in models (each module of the zoo registers the model of its name) and of any
+    model registered in this process, without importing Keras: what a launch checks a name against first."""
+    return sorted(set(_ZOO) | set(_REGISTRY))
+
+
+def check_model_name(name) -> str:
+    """``name`` as the zoo spells it (lower case); ConfigError naming the choices if there is no such model."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key not in zoo_names():
+        raise ConfigError(f"unknown model {name!r}; choose from: {', '.join(zoo_names())}")
+    return key
+
+
 def available_models() -> list[str]:
     """Names of every registered model, sorted."""
     load_zoo()

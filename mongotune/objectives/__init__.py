@@ -1,35 +1,36 @@
-"""What a worker runs for a trial, by kind: a fixed table, never a name taken from the database.
+"""What a worker runs for a trial, and everything else that depends on the kind of study.
 
 A study's ``objective`` setting is ``{"kind": KIND, ...the kind's settings}``.
-Each kind maps here to a function in mongotune (imported when first used, so
-a worker loads TensorFlow only for Keras trials) with the signature::
+``objective_kind(study)`` returns its kind from a fixed table (``kinds``):
+Keras built-in models and ``--model-fn`` models (``keras_launch``), commands
+(``command_kind``), stock hyperopt ``fmin`` jobs (``stock_fmin``), and the
+pool's own ``synthetic`` (tests only) and ``sleep`` (benchmarks) objectives.
+A kind resolves its study's space, names the local paths it needs, builds its
+study at launch (``launch.plan_launch``), reports the study's metric, says
+whether it runs the user's code and whether ``final`` retrains it, and runs a
+trial::
 
     run(study, params: dict, ctx: TrialContext) -> dict | float
 
 which returns the result (``{"status": "ok", "loss": ..., ...metrics}``), or
 raises ``TrialFailure`` (recorded, the worker goes on) or ``TrialPruned``.
+Its module is imported when first used, so a worker loads TensorFlow only for
+Keras trials.
 
 Kinds that run the user's own code (a command, an importable model function)
 need the worker's explicit consent (``mongotune worker --allow-user-code``):
 without it a worker never takes their trials, so a database writer cannot
-make a worker run code it was not told to trust.
-
-Test kinds (``synthetic``: it writes files wherever its ``record_dir`` says)
-run only where mongotune's own test suite switched them on
-(``MONGOTUNE_TEST_OBJECTIVES=1``); anywhere else they count as user code (a
-worker without ``--allow-user-code`` leaves their trials alone) and a worker
-that takes one fails it with a ``config`` failure saying why.
+make a worker run code it was not told to trust.  Test kinds run only where
+mongotune's own test suite switched them on (``MONGOTUNE_TEST_OBJECTIVES=1``).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import ConfigError, TrialFailure
+from ..errors import TrialFailure
 
 
 @dataclass
@@ -52,60 +53,8 @@ class TrialContext:
             raise TrialFailure("interrupted", "trial stopped: lease lost or worker shutting down")
 
 
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    target: str  # "mongotune.objectives.module:function" (mongotune's own code only)
-    metric: dict  # the default metric its trials report
-    user_code: bool = False  # runs the user's code: the worker must allow it
-    test_only: bool = False  # only where the test suite switched test kinds on (TEST_SWITCH)
-
-    def load(self) -> Callable:
-        module, _, fn = self.target.partition(":")
-        return getattr(importlib.import_module(module), fn)
-
-
-KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("keras", "mongotune.objectives.keras_trial:train_trial", {"name": "val_accuracy", "goal": "max"}),
-    Kind("synthetic", "mongotune.objectives.synthetic:synthetic", {"name": "loss", "goal": "min"}, test_only=True),
-    Kind("sleep", "mongotune.objectives.synthetic:sleep", {"name": "loss", "goal": "min"}),
-    Kind("command", "mongotune.objectives.command:run", {"name": "metric", "goal": "max"}, user_code=True),
-)}
-
-
-TEST_SWITCH = "MONGOTUNE_TEST_OBJECTIVES"
-
-
-def test_kinds_enabled() -> bool:
-    """Has the test suite switched the test kinds on in this process's environment?"""
-    return os.environ.get(TEST_SWITCH) == "1"
-
-
-def kind_of(objective: dict) -> Kind:
-    name = objective.get("kind") if isinstance(objective, dict) else None
-    try:
-        return KINDS[name]
-    except KeyError:
-        raise ConfigError(f"unknown objective kind {name!r}; choose from: {', '.join(KINDS)}") from None
-
-
-def runs_user_code(objective: dict) -> bool:
-    """Does a trial of this objective run code the user supplied (a command, a model function)?"""
-    kind = KINDS.get(objective.get("kind")) if isinstance(objective, dict) else None
-    if kind is not None and kind.test_only and not test_kinds_enabled():
-        return True
-    return kind is None or kind.user_code or bool(objective.get("model_fn"))
-
-
-def get_objective(objective: dict) -> Callable:
-    try:
-        kind = kind_of(objective)
-    except ConfigError as exc:
-        raise TrialFailure("config", str(exc)) from None
-    if kind.test_only and not test_kinds_enabled():
-        raise TrialFailure("config", f"the {kind.name!r} objective is for mongotune's own tests and runs only "
-                                     f"where they set {TEST_SWITCH}=1; this worker refuses it")
-    return kind.load()
+from .kinds import (TEST_SWITCH, ObjectiveKind, describe, kind_for_trial, kind_named,  # noqa: E402,F401
+                    objective_kind, run_trial, runs_user_code, test_kinds_enabled)
 
 
 def sleep_interruptibly(seconds: float, ctx: TrialContext) -> None:

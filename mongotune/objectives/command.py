@@ -468,9 +468,9 @@ def make_settings(command: str | list[str], *, metric: str, params: list[str] | 
     full_space = parse_params(params, space)
     if not full_space:
         raise ConfigError("a command study needs a search space: give --param NAME:SPEC (or --space FILE)")
-    from ..search.spaces import build
+    from ..search.spaces import check
 
-    build(full_space)  # hyperopt must accept it
+    check(full_space)  # without hyperopt: the launch builds it when it checks its search against it
     if workdir is not None:
         wd = Path(workdir).expanduser()
         if not wd.is_absolute():
@@ -1125,18 +1125,3 @@ def run(study, params: dict, ctx) -> dict:
         raise TrialFailure("config", str(exc)) from None
     return run_command(settings, params, ctx)
 
-
-def command_study(name: str, max_evals: int, command: str | list[str], *, metric: str,
-                  params: list[str] | tuple[str, ...] = (), space: dict | None = None, goal: str = "max",
-                  aggregate: str = "last", timeout: str | float | None = None, workdir: str | None = None,
-                  cwd: str | Path | None = None, **core):
-    """A validated command ``Study`` (not yet written): the command's settings, its metric, its JSON space.
-
-    ``core`` takes the generic study settings (search, pruner, lease_s, ...).
-    """
-    from ..store.studies import Study
-
-    settings, full_space = make_settings(command, metric=metric, params=params, space=space, goal=goal,
-                                         aggregate=aggregate, timeout=timeout, workdir=workdir, cwd=cwd)
-    return Study(name=name, max_evals=max_evals, objective=settings.objective_doc(), metric=settings.metric_doc(),
-                 space=full_space, **core).validate()

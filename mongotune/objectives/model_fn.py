@@ -10,7 +10,9 @@ and ``learning_rate``, default 1e-3) and trains it like a built-in model.
 The study stores only the reference (a string).  A worker imports it by
 name, and only when it was started with ``--allow-user-code``; nothing is
 ever pickled.  ``launch`` imports it and builds it once before writing the
-study, so a typo is one ``error:`` line, not a study of failed trials.
+study (``check_function``), so a typo is one ``error:`` line, not a study of
+failed trials.  The kind itself (launch options, study, final) is
+``keras_launch.ModelFnKind``.
 """
 
 from __future__ import annotations
@@ -130,30 +132,14 @@ def check_at_launch(ref: str, space: dict | None, input_shape, num_classes: int)
     return summary
 
 
-def model_fn_study(name: str, max_evals: int, ref: str, dataset, training, *, space: dict | None,
-                   progress=None, **core):
-    """A validated Keras ``Study`` of the user's model (not yet written).
-
-    Checks, in order: the reference's form, the space, the study settings,
-    the data (fetched if missing; ``progress`` shows a download), then imports
-    the function and builds one model from a sampled point of the space.
-    """
+def check_function(ref: str, space: dict, dataset, progress=None) -> dict:
+    """At launch, after the study's settings passed: the data (fetched if missing; ``progress`` shows a
+    download), then the function imported and one model built from a sampled point of ``space``."""
     from .._quiet import import_keras_quietly, native_stderr_silenced
     from ..data import fetch, load
-    from ..search.spaces import build
-    from ..store.studies import Study
-    from .keras_launch import keras_objective
 
-    check_ref(ref)
-    if not space:
-        raise ConfigError(f"--model-fn {ref} needs a search space: give --space FILE")
-    build(space)
-    objective = keras_objective(ref, dataset, training, model_fn=ref)
-    study = Study(name=name, max_evals=max_evals, objective=objective, metric=training.metric, space=space,
-                  **core).validate()
     fetch(dataset, None, progress)
     data = load(dataset)
     import_keras_quietly()
     with native_stderr_silenced():  # TensorFlow's native chatter, if the user's module loads more of it
-        check_at_launch(ref, space, tuple(data.input_shape), data.num_classes)
-    return study
+        return check_at_launch(ref, space, tuple(data.input_shape), data.num_classes)

@@ -17,8 +17,10 @@ import math
 import os
 import uuid
 
-from ..errors import TrialPruned
+from ..errors import ConfigError, TrialPruned
 from . import TrialContext, sleep_interruptibly
+from .kinds import ObjectiveKind
+from .launch import Built, LaunchOptions, no_command_options
 
 
 def synthetic(study, params: dict, ctx: TrialContext) -> dict:
@@ -66,3 +68,53 @@ def sleep(study, params: dict, ctx: TrialContext) -> dict:
     x = float(params.get("x", 0.0))
     return {"status": "ok", "loss": (x - 0.3) ** 2}
 
+
+
+class PoolKind(ObjectiveKind):
+    """The pool's own objectives, launched as ``launch NAME --objective KIND [--options JSON]``: no model, no
+    recipe, the loss they return (minimised), the space given or ``x`` on [-1, 1]."""
+
+    def wanted(self, opts: LaunchOptions) -> bool:
+        return opts.objective == self.name
+
+    def check_options(self, opts: LaunchOptions) -> None:
+        no_command_options(opts)
+        if opts.augment:
+            raise ConfigError("--augment applies to the built-in models")
+
+    def default_name(self, opts: LaunchOptions) -> str:
+        return f"{opts.model}-{self.name}"
+
+    def _options(self, opts: LaunchOptions) -> dict:
+        import json
+
+        try:
+            options = json.loads(opts.options) if opts.options else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--options: invalid JSON: {exc.msg}") from None
+        if not isinstance(options, dict):
+            raise ConfigError("--options: give a JSON object")
+        return options
+
+    def check(self, opts: LaunchOptions, space: dict | None) -> None:
+        self._options(opts)
+
+    def build(self, opts: LaunchOptions, core: dict, space: dict | None) -> Built:
+        from ..store.studies import Study
+
+        study = Study(objective={**self._options(opts), "kind": self.name}, space=space, **core).validate()
+        return Built(study, f"the {self.name} objective")
+
+    def describe(self, study) -> str:
+        return f"the {self.name} objective"
+
+
+class SyntheticKind(PoolKind):
+    name = "synthetic"
+    runner = "mongotune.objectives.synthetic:synthetic"
+    test_only = True
+
+
+class SleepKind(PoolKind):
+    name = "sleep"
+    runner = "mongotune.objectives.synthetic:sleep"

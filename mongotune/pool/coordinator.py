@@ -39,6 +39,7 @@ from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW, JOB_STATE_RUNNING
 from hyperopt.fmin import FMinIter, space_eval
 
 from ..errors import ConfigError, MongotuneError
+from ..objectives import objective_kind
 from ..search import spaces
 from ..search.batch import fill_batch
 from ..store import MongoJobs, MongoTrials, RetryPolicy, decode, encode, open_client
@@ -49,8 +50,6 @@ from ..store.trialdoc import TrialStore
 from ..store.workers import WorkerRegistry
 
 log = logging.getLogger("mongotune.coordinator")
-
-DEFAULT_SYNTHETIC_SPACE = {"x": {"hp": "uniform", "low": -1.0, "high": 1.0}}
 
 
 class CoordinatorLost(MongotuneError):
@@ -69,16 +68,8 @@ def suggest_for(study: Study, space=None):
 
 def resolve_space(study: Study):
     """The hyperopt space of a study, from its stored JSON (studies written before the space was
-    stored fall back to the model's own space, which needs the model code)."""
-    if study.space is not None:
-        return spaces.build(study.space)
-    if study.kind != "keras":
-        return spaces.build(DEFAULT_SYNTHETIC_SPACE)
-    from ..models import get_model
-    from ..objectives.keras_trial import KerasSettings, input_shape_of
-
-    ks = KerasSettings.of(study)
-    return get_model(ks.model).space(input_shape_of(ks.dataset), augment=ks.augment)
+    stored fall back to their kind's own space: a Keras model's needs the model code)."""
+    return spaces.build(objective_kind(study).space(study))
 
 
 def _never_called(params):  # the workers evaluate trials, not the coordinator
@@ -250,16 +241,11 @@ class Coordinator:
         from ..search.pruners import validate_pruner
 
         study.validate()
+        kind = objective_kind(study)
         if study.space is None:  # store the resolved space, so resuming needs no model code
-            if study.kind == "keras":
-                from ..objectives.keras_launch import resolve_keras_space
-
-                study.space = resolve_keras_space(study.objective)
-            else:
-                study.space = dict(DEFAULT_SYNTHETIC_SPACE)
+            study.space = kind.space(study)
         suggest_for(study, resolve_space(study))  # a bad space or bad search options fail here, before any write
-        max_epochs = (study.objective.get("training") or {}).get("epochs")
-        study.pruner = validate_pruner(study.pruner, max_epochs)
+        study.pruner = validate_pruner(study.pruner, kind.max_epochs(study))
         return self.retry.call(lambda: self.studies.create(study, exist_ok=exist_ok), "create study")
 
     def snapshot(self, name: str, started: float | None = None) -> Snapshot:

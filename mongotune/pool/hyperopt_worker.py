@@ -28,68 +28,26 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
 
 import pymongo.errors
-from hyperopt.base import SONify, spec_from_misc
 
-from ..errors import ConfigError
+from ..objectives import kind_named
+from ..objectives.stock_fmin import NAME as STOCK_FMIN
 from ..store import MongoJobs, MongoTrials, RetryPolicy, decode
-from ..store._hyperopt_worker import MongoCtrl, ReserveTimeout, Shutdown, _jobs_url, _load_objective, job_workdir
+from ..store._hyperopt_worker import MongoCtrl, ReserveTimeout, Shutdown, _jobs_url, job_workdir
 from ..store.studies import EXP_KEY_PREFIX
-from ..store.trialdoc import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, QUEUED, RUNNING, Lease, TrialStore,
-                              failure_result, new_token)
+from ..store.trialdoc import QUEUED, RUNNING, Lease, TrialStore, failure_result, new_token
 from ..store.workers import WorkerRegistry
+from .hyperopt_config import PICKLE_REFUSAL, HyperoptWorkerConfig  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("mongotune.hyperopt_worker")
-
-PICKLE_REFUSAL = ("hyperopt-worker runs objectives that hyperopt.fmin pickles into the database, and unpickling "
-                  "runs whatever code anyone who can write to that database put there: pass --allow-pickle only "
-                  "if you trust every writer of this database")
-
-
-@dataclass
-class HyperoptWorkerConfig:
-    mongo: str  # mongodb://host:port/db, mongo://host:port/db[/jobs] or hyperopt's host:port/db
-    exp_key: str | None = None  # None: jobs of any exp_key that is not a mongotune study's
-    max_jobs: int | None = None  # None: no limit
-    poll_interval: float = 1.0  # seconds between looks at an empty queue (jittered)
-    reserve_timeout: float | None = 120.0  # leave after this long without a job; None: wait forever
-    workdir: str | None = None  # None: the job's misc.workdir (or the cwd) / job id, as hyperopt does
-    last_job_timeout: float | None = None  # reserve no job after this many seconds
-    max_consecutive_failures: int = 4
-    allow_pickle: bool = False
-    gpu: str | None = None
-    lease_s: float = DEFAULT_LEASE_S
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    reap_every_s: float = 5.0
-    retry_max_wait_s: float = 300.0
-
-    def validate(self) -> "HyperoptWorkerConfig":
-        if not self.allow_pickle:
-            raise ConfigError(PICKLE_REFUSAL)
-        if self.exp_key is not None and self.exp_key.startswith(EXP_KEY_PREFIX):
-            raise ConfigError(f"exp key {self.exp_key!r} belongs to a mongotune study: its trials are run by "
-                              "`mongotune worker`")
-        for name in ("poll_interval", "lease_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
-        for name in ("reserve_timeout", "last_job_timeout"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.max_jobs is not None and self.max_jobs < 1:
-            raise ConfigError("--max-jobs must be >= 1")
-        if self.max_consecutive_failures < 1 or self.max_attempts < 1:
-            raise ConfigError("--max-consecutive-failures and --max-attempts must be >= 1")
-        return self
-
 
 class HyperoptWorker:
     """One process that runs hyperopt jobs one after another until a limit or a signal ends it."""
 
     def __init__(self, config: HyperoptWorkerConfig):
         self.config = config.validate()
+        self.kind = kind_named(STOCK_FMIN)  # what a job is and how it runs (objectives.stock_fmin)
         self.retry = RetryPolicy(max_wait_s=config.retry_max_wait_s)
         url = _jobs_url(config.mongo)
         self.mj = self.retry.call(lambda: MongoJobs.new_from_connection_str(url), "connect")
@@ -239,8 +197,7 @@ class HyperoptWorker:
             t0 = time.monotonic()
             ok = True
             try:
-                fn = _load_objective(doc["misc"]["cmd"], ctrl, self.config.allow_pickle)
-                spec = spec_from_misc(doc["misc"])
+                evaluate = self.kind.job_objective(doc, ctrl, self.config.allow_pickle)
                 workdir = self._workdir(doc)
                 created = not os.path.exists(workdir)
                 os.makedirs(workdir, exist_ok=True)
@@ -250,14 +207,12 @@ class HyperoptWorker:
                         try:
                             if self.stopping:
                                 raise Shutdown("worker stopping")
-                            result = SONify(fn(spec, ctrl))
+                            result = evaluate()
                         finally:
                             self._in_objective = False
                 finally:
                     if created and self.config.workdir is None:
                         _remove_if_empty(workdir)  # a job directory the job left nothing in
-                if not isinstance(result, dict):
-                    result = {"status": "ok", "loss": result}
                 for name, blob in list(result.pop("attachments", {}).items()):
                     ctrl.attachments[name] = blob
             except Shutdown:

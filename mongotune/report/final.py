@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import paths, safepath
 from ..errors import ConfigError
+from ..objectives import objective_kind
 from ..store import open_client
 from ..store.studies import Study, StudyStore
 from ..store.trialdoc import TrialRecord, TrialStore
@@ -42,13 +43,11 @@ def plan_final(url: str, name: str, tid: int | None = None, out_dir: str | Path 
     try:
         trials = TrialStore(db, db[parsed.collection])
         study = StudyStore(db).resolve(name, trials)
-        if study.kind != "keras":
-            raise ConfigError(f"study {name!r} does not train Keras models (objective {study.kind!r}); "
-                              "`final` retrains Keras models only")
-        model_fn = study.objective.get("model_fn")
-        if model_fn and not allow_user_code:
-            raise ConfigError(f"study {name!r} trains the model function {model_fn} named in the database; "
-                              "`final` imports it only with --allow-user-code")
+        try:
+            kind = objective_kind(study)
+        except ConfigError as exc:
+            raise ConfigError(f"study {name!r}: {exc}") from None
+        kind.check_final(study, allow_user_code)  # Keras models only; a --model-fn one with --allow-user-code
         if tid is not None:
             trial = trials.get(study.exp_key, tid)
             if trial is None or trial.loss is None:

@@ -120,6 +120,28 @@ def url_from_env(default: str | None = None) -> str | None:
     return default
 
 
+_NOT_IN_HOSTS = frozenset(' []{}<>"\'\\|^`')
+
+
+def _check_host(host: str, safe: str, pw: str | None) -> None:
+    """``host[:port]``, ``[IPv6][:port]`` or a percent-encoded socket path; ConnectionFailure otherwise."""
+    import ipaddress
+
+    if host.startswith("["):
+        end = host.find("]")
+        address = host[1:end].split("%", 1)[0] if end > 0 else ""
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            raise ConnectionFailure(f"bad MongoDB URL {safe}: {scrub(host, pw)!r} is not an [IPv6] address") from None
+        if host[end + 1:] and not host[end + 1:].startswith(":"):
+            raise ConnectionFailure(f"bad MongoDB URL {safe}: bad host {scrub(host, pw)!r}")
+        return
+    name = host.rsplit(":", 1)[0]
+    if not name or any(c in _NOT_IN_HOSTS or c.isspace() for c in name):
+        raise ConnectionFailure(f"bad MongoDB URL {safe}: bad host {scrub(host, pw)!r}")
+
+
 def parse_mongo_url(url: str, pwfile: str | None = None) -> MongoURL:
     """Parse either URL form; raise ``ConnectionFailure`` with one clear line (never the password).
 
@@ -159,6 +181,7 @@ def parse_mongo_url(url: str, pwfile: str | None = None) -> MongoURL:
             pw = os.environ["MONGOTUNE_MONGO_PASSWORD"]
     hosts = tuple(h for h in hostlist.split(",") if h)
     for h in hosts:
+        _check_host(h, safe, pw)
         hp = h.rsplit(":", 1)
         if len(hp) == 2 and not h.endswith("]"):
             if not hp[1].isdigit() or not 0 < int(hp[1]) < 65536:

@@ -25,13 +25,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import pymongo
-import pymongo.errors
-
 from ..errors import ConfigError, StudyNotFound, UserError
 from ..search.defaults import ALGORITHM
 from ._codec import decode, encode
-from .trialdoc import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, new_token, server_now
+from ._defaults import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
 
 EXP_KEY_PREFIX = "mongotune:"
 GOALS = ("min", "max")
@@ -192,29 +189,12 @@ def _upgrade(doc: dict) -> dict:
     """Read a study written before the generic core (objective name + Keras fields at the top)."""
     if isinstance(doc.get("objective"), dict):
         return doc
-    kind = doc.get("objective") or "keras"
-    objective: dict[str, Any] = {"kind": kind}
-    if kind == "keras":
-        objective.update(model=doc.get("model"), dataset=doc.get("dataset"), training=doc.get("training") or {},
-                         augment=bool(doc.get("augment")))
-    else:
-        objective["options"] = doc.get("options") or {}
+    from ..objectives.kinds import upgrade_legacy
+
     search = {"algo": doc.get("algo", "tpe")}
     if doc.get("startup_trials") is not None:
         search["startup_trials"] = doc["startup_trials"]
-    return {**doc, "objective": objective, "search": search, "metric": _legacy_metric(doc, kind)}
-
-
-def _legacy_metric(doc: dict, kind: str) -> dict:
-    """The metric of a study written before the generic core: a Keras study's follows its training
-    loss; a command study's options named it; anything else is judged by its loss."""
-    if kind == "keras":
-        loss = (doc.get("training") or {}).get("loss", "neg_val_accuracy")
-        return {"name": "val_loss", "goal": "min"} if loss == "val_loss" else {"name": "val_accuracy", "goal": "max"}
-    options = doc.get("options") or {}
-    if isinstance(options.get("metric"), str) and options["metric"]:
-        return {"name": options["metric"], "goal": "min" if options.get("goal") == "min" else "max"}
-    return {"name": "loss", "goal": "min"}
+    return {**doc, **upgrade_legacy(doc), "search": search}
 
 
 class StudyStore:
@@ -230,6 +210,8 @@ class StudyStore:
 
     # ------------------------------------------------------------ CRUD
     def create(self, study: Study, *, exist_ok: bool = False) -> Study:
+        import pymongo.errors
+
         study.validate()
         study.created = study.updated = _now()
         study.status = "created"
@@ -276,16 +258,9 @@ class StudyStore:
         return Study.from_doc(doc) if doc else None
 
     def list(self) -> list[Study]:
-        return [Study.from_doc(d) for d in self.coll.find().sort("created", pymongo.ASCENDING)]
+        import pymongo
 
-    def kinds(self) -> dict[str, str]:
-        """``exp_key -> objective kind`` of every study (what a worker needs to choose trials)."""
-        out = {}
-        for d in self.coll.find({}, projection=["exp_key", "objective"]):
-            obj = d.get("objective")
-            out[d.get("exp_key") or exp_key_of(d["_id"])] = obj.get("kind") if isinstance(obj, dict) else (
-                obj or "keras")
-        return out
+        return [Study.from_doc(d) for d in self.coll.find().sort("created", pymongo.ASCENDING)]
 
     def update(self, name: str, **fields: Any) -> None:
         fields["updated"] = _now()
@@ -299,6 +274,8 @@ class StudyStore:
         lease is fresh.  A holder that stopped heart-beating for ``lease_s``
         is taken over.
         """
+        from .trialdoc import new_token, server_now
+
         self.get(name)  # a clear error for an unknown study
         token = new_token()
         now = server_now(self.db)

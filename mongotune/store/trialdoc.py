@@ -74,6 +74,7 @@ import pymongo.monitoring
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._codec import decode, encode
+from ._defaults import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS  # noqa: F401 (part of this module's API)
 from .best import metric_value, pick_best
 from .best import ranked as by_rank
 
@@ -81,8 +82,6 @@ log = logging.getLogger("mongotune.trials")
 
 #: hyperopt's job states (``hyperopt.base.JOB_STATE_*``), spelled out so that readers need not import hyperopt
 QUEUED, RUNNING, DONE, ERROR = 0, 1, 2, 3
-DEFAULT_LEASE_S = 60.0
-DEFAULT_MAX_ATTEMPTS = 3
 TRACEBACK_TAIL_LINES = 15
 CURVE_MAX_POINTS = 1000  # points of one run on a trial's curve before it is thinned to half (~100 kB)
 
