@@ -159,10 +159,11 @@ def board_lines(rows: list[dict], metric: str, width: int = 80) -> list[str]:
             lines.append("")
         for i in range(-1, len(rows)):
             lines.append(GAP.join(c.cell(i) for c in block).rstrip())
+    lines.append("")
     if constants:
         lines += _wrapped("same in every row: ", constants, width)
     if legend:
         lines += _wrapped("abbreviated: ", legend, width)
     if any(r["outcome"] == "pruned" for r in rows):
         lines.append("p@N: pruned at step N")
-    return lines
+    return lines if lines[-1] else lines[:-1]

@@ -213,3 +213,50 @@ def test_the_pool_ran_pruned_and_failed_trials_and_two_lanes(truths):
     assert sum(t["pruned"] for t in truths.values()) >= 1
     assert truths["command"]["failed"] == 1  # its script fails on its first run, on purpose
     assert any(len(t["workers"]) == 2 for t in truths.values())
+
+
+@pytest.mark.parametrize("kind", ["command", "hyperopt"])
+def test_a_study_of_user_code_is_drawn_in_the_browser(pool, truths, browser, tmp_path, kind):
+    """Report (offline) and dashboard in Chromium: the best value, parallel coordinates, slices and importance."""
+    from conftest import wait_rendered, watch_errors
+
+    k, t = KINDS[kind], truths[kind]
+    out = tmp_path / "report.html"
+    assert run_cli("report", k.name, "--mongo", pool.url, "--out", out, timeout=300).returncode == 0
+    ctx = browser.new_context(offline=True, viewport={"width": 1300, "height": 900})
+    page = ctx.new_page()
+    errors = watch_errors(page)
+    try:
+        page.goto(out.as_uri())
+        page.wait_for_function("Array.from(document.querySelectorAll('.plot')).every(e => e.dataset.rendered)",
+                               timeout=60_000)
+        _drawn_in_page(page, k, t, "best " + k.metric)
+        assert errors == [], errors
+    finally:
+        ctx.close()
+    dash = LiveDashboard(pool.url)
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors = watch_errors(page)
+    try:
+        page.goto(f"{dash.base}/study/{k.name}")
+        page.wait_for_function("window.mtState && window.mtState.updates >= 1", timeout=60_000)
+        page.wait_for_function("!document.getElementById('plot-importance').dataset.empty", timeout=60_000)
+        wait_rendered(page)
+        _drawn_in_page(page, k, t, "best " + k.metric)
+        assert errors == [], errors
+    finally:
+        page.close()
+        dash.close()
+
+
+def _drawn_in_page(page, kind, t, card: str) -> None:
+    value = page.locator(".card", has_text=card).locator(".v").inner_text()
+    assert float(value) == pytest.approx(t["value"], rel=1e-3), value
+    for key in ("parallel", "slices", "importance"):
+        el = page.locator(f"#plot-{key}")
+        el.scroll_into_view_if_needed()
+        assert el.get_attribute("data-empty") == "" and el.get_attribute("data-rendered") == "1", key
+    assert page.locator("#plot-parallel canvas").count() > 0  # the parcoords lines (WebGL)
+    assert page.locator("#plot-parallel .axis-title").count() >= 3  # two parameters and the metric at least
+    assert page.locator("#plot-slices .scatterlayer .point").count() >= t["ok"]
+    assert page.locator("#plot-importance .barlayer .point").count() >= 2
