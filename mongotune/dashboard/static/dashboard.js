@@ -56,7 +56,12 @@
     })(p, '');
     return out.join(', ');
   }
-  function worker(w) { return w ? text(w.host || w.id) + (w.gpu !== null && w.gpu !== undefined && w.gpu !== '' ? ' · GPU ' + text(w.gpu) : '') : '-'; }
+  // a trial's worker: host, GPU (a CPU worker has none) and pid, as the report's timeline names its lanes
+  function worker(w) {
+    if (!w) return '-';
+    var gpu = w.gpu !== null && w.gpu !== undefined && w.gpu !== '' && w.gpu !== 'none' ? ' · GPU ' + text(w.gpu) : '';
+    return text(w.host || w.id) + gpu + (w.pid !== null && w.pid !== undefined ? ' · pid ' + text(w.pid) : '');
+  }
 
   // ------------------------------------------------------------ study list
   function studiesPage() {
