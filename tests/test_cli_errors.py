@@ -96,6 +96,9 @@ FAST_ERRORS = {
     "hyperopt-worker: no --allow-pickle": (["hyperopt-worker"], "--allow-pickle"),
     "resume: max-evals 0": (["resume", "s", "--max-evals", "0"], "--max-evals must be a positive integer"),
     "resume: bad URL": (["resume", "s", "--mongo", "mongodb://[bad"], "bad MongoDB URL"),
+    # every command that takes --mongo
+    "status: bad URL": (["status", "s", "--mongo", "mongodb://[bad"], "bad MongoDB URL"),
+    "studies: bad port": (["studies", "--mongo", "mongodb://u:pw@h:99999/db"], "bad port", "u:***@"),
 }
 
 

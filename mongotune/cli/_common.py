@@ -74,6 +74,7 @@ def _mongo(url: str | None):
     url = url or url_from_env()
     if url:
         _hide_password(url)
+        _check_url(url)  # one line for a bad URL, before any command imports pymongo to use it
         yield url
         return
     from ..store.local_server import embedded_session

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -201,107 +202,157 @@ def memory_guard(model, params: dict) -> dict:
     return est
 
 
+@dataclass
+class _Run:
+    """One trial's training: its settings, data, model and what the monitor saw."""
+
+    training: Training
+    ds: object
+    model: object
+    heads: list[str]
+    x_train: object
+    x_val: object
+    y_val: object
+    env: dict
+    est: dict
+    art: Path | None
+    started: float  # after the backend was configured: what train_seconds counts from
+    monitor: object = None
+    history: dict | None = None
+
+
 def train_trial(study, params: dict, ctx) -> dict:
+    """The ``keras`` kind's trial: build and compile the study's model for ``params``, fit it with early
+    stopping, reporting each epoch's monitored metric (pruning), evaluate it, write its artifacts."""
+    run, y_train = _prepare(KerasSettings.of(study), params, ctx)
+    _fit(run, y_train, params, ctx)
+    if run.monitor.pruned_at is not None:
+        _pruned(run)
+    result = _evaluate(run, int(params.get("batch_size", 32)))
+    result["train_seconds"] = time.perf_counter() - run.started
+    _save(run, result)
+    _clear_session()
+    return result
+
+
+def _prepare(settings: KerasSettings, params: dict, ctx) -> tuple[_Run, object]:
+    """The backend configured, the data opened, the model built (memory-guarded) and compiled."""
     import keras
 
     from ..data import DataSpec, load
 
-    settings = KerasSettings.of(study)
     training = settings.training
     env = configure_backend(training.mixed_precision, training.xla)
-    t_start = time.perf_counter()
+    started = time.perf_counter()
     ds = load(DataSpec.from_dict(settings.dataset))
     seed = int(training.seed) * 100003 + int(ctx.tid)
     keras.utils.set_random_seed(seed % (2**31))
     model_def, model, coarse = build_for(settings, params, ds)
     est = memory_guard(model, params)
     heads = compile_model(model, model_def, params, coarse, xla=env["xla"])
-    batch_size = int(params.get("batch_size", 32))
     x_train, y_train = _subsample(ds.x_train, _labels(ds, "train", heads), training.max_train_samples, seed)
-    x_val, y_val = ds.x_val, _labels(ds, "val", heads)
+    art = Path(ctx.artifacts_dir) if ctx.artifacts_dir else None
+    run = _Run(training, ds, model, heads, x_train, ds.x_val, _labels(ds, "val", heads), env, est, art, started)
+    return run, y_train
 
+
+def _fit(run: _Run, y_train, params: dict, ctx) -> None:
+    """``model.fit`` with the trial's monitor and early stopping; a failure of the trial raised as one."""
+    import keras
+
+    training, heads = run.training, run.heads
+    batch_size = int(params.get("batch_size", 32))
     monitor_metric = "val_loss" if training.loss == "val_loss" else (
         "val_accuracy" if len(heads) == 1 else f"val_{heads[0]}_accuracy")
-    Monitor = _make_callback_class()
-    monitor = Monitor(ctx, training.epochs, monitor_metric)
+    run.monitor = _make_callback_class()(ctx, training.epochs, monitor_metric)
     early = keras.callbacks.EarlyStopping(monitor=monitor_metric, mode="min" if monitor_metric == "val_loss" else "max",
                                           patience=training.patience, restore_best_weights=True)
-    callbacks = [monitor, early]
-    art = Path(ctx.artifacts_dir) if ctx.artifacts_dir else None
-    if art is not None:
-        art.mkdir(parents=True, exist_ok=True)
-        (art / "params.json").write_text(json.dumps(params, indent=2, default=str))
+    callbacks = [run.monitor, early]
+    if run.art is not None:
+        run.art.mkdir(parents=True, exist_ok=True)
+        (run.art / "params.json").write_text(json.dumps(params, indent=2, default=str))
         if training.tensorboard and _tensorboard_available():
-            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(art / "tensorboard"), write_graph=False))
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.art / "tensorboard"), write_graph=False))
     try:
-        hist = model.fit(x_train, y_train, batch_size=batch_size, epochs=training.epochs,
-                         validation_data=(x_val, y_val), callbacks=callbacks, verbose=0, shuffle=True)
+        hist = run.model.fit(run.x_train, y_train, batch_size=batch_size, epochs=training.epochs,
+                             validation_data=(run.x_val, run.y_val), callbacks=callbacks, verbose=0, shuffle=True)
     except Exception as exc:
         name = type(exc).__name__
         if name == "ResourceExhaustedError" or "out of memory" in str(exc).lower() or "OOM" in str(exc):
             raise TrialFailure("oom", f"out of memory while training (batch {batch_size}): {name}") from None
         raise
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    if monitor.stopped_by_ctx:
+    run.history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    if run.monitor.stopped_by_ctx:
         raise TrialFailure("interrupted", "training stopped: lease lost or worker shutting down")
-    if monitor.nan_at is not None:
-        epoch, value = monitor.nan_at
+    if run.monitor.nan_at is not None:
+        epoch, value = run.monitor.nan_at
         raise TrialFailure("nan", f"training loss became {value} in epoch {epoch + 1}")
+
+
+def _pruned(run: _Run) -> None:
+    """Raise ``TrialPruned`` with the result of a pruned trial: the loss the search learns from is that of the
+    best epoch so far (see README)."""
+    history, monitor = run.history, run.monitor
+    val_losses = history.get("val_loss") or [math.nan]
+    acc_key = _accuracy_key(history, run.heads)
+    step, _ = monitor.pruned_at
+    best_acc = max(history[acc_key]) if acc_key else math.nan
+    result = {"status": "ok", "loss": loss_from(run.training.loss, best_acc, min(val_losses)),
+              "val_accuracy": best_acc, "val_loss": float(min(val_losses)), "epochs": len(monitor.epoch_seconds),
+              "best_epoch": int(np.argmax(history[acc_key]) + 1) if acc_key else step,
+              "seconds_per_epoch": float(np.mean(monitor.epoch_seconds)), "history": history,
+              "train_images": int(len(run.x_train)), "params_count": int(run.model.count_params())}
+    if run.art is not None:
+        (run.art / "history.json").write_text(json.dumps(history, indent=2))
+    _clear_session()
+    raise TrialPruned(step, monitor.pruned_at[1], result)
+
+
+def _evaluate(run: _Run, batch_size: int) -> dict:
+    """The finished trial's result: validation accuracy of the restored best weights, per class, history."""
+    history, monitor, heads, training = run.history, run.monitor, run.heads, run.training
     val_losses = history.get("val_loss") or [math.nan]
     acc_key = _accuracy_key(history, heads)
-    if monitor.pruned_at is not None:
-        # pruned: the loss the search learns from is that of the best epoch so far (see README)
-        step, _ = monitor.pruned_at
-        best_acc = max(history[acc_key]) if acc_key else math.nan
-        result = {"status": "ok", "loss": loss_from(training.loss, best_acc, min(val_losses)),
-                  "val_accuracy": best_acc, "val_loss": float(min(val_losses)), "epochs": len(monitor.epoch_seconds),
-                  "best_epoch": int(np.argmax(history[acc_key]) + 1) if acc_key else step,
-                  "seconds_per_epoch": float(np.mean(monitor.epoch_seconds)), "history": history,
-                  "train_images": int(len(x_train)), "params_count": int(model.count_params())}
-        if art is not None:
-            (art / "history.json").write_text(json.dumps(history, indent=2))
-        _clear_session()
-        raise TrialPruned(step, monitor.pruned_at[1], result)
-
-    y_pred = predict_classes(model, x_val, heads, batch_size=max(batch_size, 256))
-    y_val_main = y_val if len(heads) == 1 else y_val[heads[0]]
+    y_pred = predict_classes(run.model, run.x_val, heads, batch_size=max(batch_size, 256))
+    y_val_main = run.y_val if len(heads) == 1 else run.y_val[heads[0]]
     val_accuracy = float(np.mean(y_pred == np.asarray(y_val_main)))
     best_epoch = int(np.argmax(history[acc_key]) + 1) if acc_key else len(val_losses)
     if training.loss == "val_loss":
         best_epoch = int(np.nanargmin(val_losses) + 1)
-    loss = loss_from(training.loss, val_accuracy, min(val_losses))
     result = {
         "status": "ok",
-        "loss": loss,
+        "loss": loss_from(training.loss, val_accuracy, min(val_losses)),
         "val_accuracy": val_accuracy,
         "val_loss": float(min(val_losses)),
         "epochs": len(monitor.epoch_seconds),
         "best_epoch": best_epoch,
         "seconds_per_epoch": float(np.mean(monitor.epoch_seconds)) if monitor.epoch_seconds else None,
         "epoch_seconds": [round(s, 4) for s in monitor.epoch_seconds],
-        "train_images": int(len(x_train)),
-        "train_seconds": time.perf_counter() - t_start,
-        "params_count": int(model.count_params()),
-        "memory_estimate_bytes": int(est["total_bytes"]),
-        "per_class": per_class_report(y_val_main, y_pred, list(ds.class_names)),
+        "train_images": int(len(run.x_train)),
+        "params_count": int(run.model.count_params()),
+        "memory_estimate_bytes": int(run.est["total_bytes"]),
+        "per_class": per_class_report(y_val_main, y_pred, list(run.ds.class_names)),
         "history": history,
-        "backend": env["backend"],
-        "mixed_precision": env["mixed_precision"],
-        "xla": env["xla"],
+        "backend": run.env["backend"],
+        "mixed_precision": run.env["mixed_precision"],
+        "xla": run.env["xla"],
     }
-    if len(heads) > 1:
-        for h in heads[1:]:
-            key = f"val_{h}_accuracy"
-            if key in history:
-                result[key] = max(history[key])
-    if art is not None:
-        (art / "history.json").write_text(json.dumps(history, indent=2))
-        if training.save_model:
-            model.save(art / "model.keras")
-        summary = {k: v for k, v in result.items() if k not in ("history",)}
-        (art / "result.json").write_text(json.dumps(summary, indent=2, default=str))
-    _clear_session()
+    for h in heads[1:]:
+        key = f"val_{h}_accuracy"
+        if key in history:
+            result[key] = max(history[key])
     return result
+
+
+def _save(run: _Run, result: dict) -> None:
+    """The trial's history, model and result summary in its artifact directory."""
+    if run.art is None:
+        return
+    (run.art / "history.json").write_text(json.dumps(run.history, indent=2))
+    if run.training.save_model:
+        run.model.save(run.art / "model.keras")
+    summary = {k: v for k, v in result.items() if k not in ("history",)}
+    (run.art / "result.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
 def _clear_session() -> None:

@@ -28,6 +28,8 @@ ALGORITHM_NAMES = ("optuna-tpe", "tpe", "rand", "anneal", "grid", "gp")
 SEED_BITS = 31
 #: JSON space kinds with no finite set of values of their own (a grid needs --grid-points for them)
 _UNBOUNDED = ("uniform", "loguniform", "normal", "qnormal", "lognormal")
+#: the options only command studies take
+COMMAND_OPTIONS = ("param", "metric", "timeout", "workdir")
 
 
 @dataclass
@@ -108,9 +110,6 @@ class LaunchPlan:
         return self.kind.runs_user_code(self.study.objective)
 
 
-COMMAND_OPTIONS = ("param", "metric", "timeout", "workdir")
-
-
 def no_command_options(opts: LaunchOptions) -> None:
     """ConfigError naming the options of command studies that were given to another kind."""
     given = ["--" + k.replace("_", "-") for k in COMMAND_OPTIONS if getattr(opts, k)]
@@ -175,10 +174,10 @@ def core_settings(opts: LaunchOptions, kind: ObjectiveKind) -> dict:
 def search_settings(opts: LaunchOptions) -> dict:
     """The study's ``search`` setting from the options given (the others stay the algorithm's defaults);
     imports hyperopt."""
-    from ..search.algorithms import ALGORITHMS, check_options
-
     if opts.startup_trials is not None and opts.startup_trials < 1:
         raise ConfigError(f"--startup-trials must be >= 1, got {opts.startup_trials}")
+    from ..search.algorithms import ALGORITHMS, check_options
+
     flags = {"startup_trials": "--startup-trials", "grid_points": "--grid-points", "acquisition": "--acquisition",
              "kappa": "--kappa", "constant_liar": "--no-constant-liar"}
     given = {k: getattr(opts, k) for k in flags if getattr(opts, k) is not None}
