@@ -7,9 +7,8 @@ import os
 import textwrap
 
 import pytest
-from hyperopt.base import JOB_STATE_DONE
 
-from helpers import REPO, db_of, log_text, mongotune, run_cli, stop, wait_for
+from helpers import REPO, db_of, log_text, mongotune, run_cli, stop
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
@@ -37,35 +36,8 @@ def user_code(tmp_path):
     return folder, space
 
 
-def test_a_model_fn_study_trains_the_users_model(mongo_url, tmp_path, user_code):
-    folder, space = user_code
-    path = f"{REPO}{os.pathsep}{folder}"  # the user's module is importable here and on the workers only
-    res = run_cli("launch", "--model-fn", "usermodels:build_model", "--space", space, "--dataset", "digits",
-                  "--study", "mine", "--max-evals", 2, "--epochs", 2, "--patience", 1, "--algo", "rand",
-                  "--pruner", "none", "--workers", 2, "--mongo", mongo_url, "-q", timeout=800, PYTHONPATH=path)
-    assert res.returncode == 0, res.stdout + res.stderr
-    docs = list(db_of(mongo_url).jobs.find({"exp_key": "mongotune:mine"}))
-    assert len(docs) == 2 and all(d["state"] == JOB_STATE_DONE for d in docs)
-    for d in docs:
-        r = d["result"]
-        assert r["status"] == "ok", r
-        assert 0.0 <= r["val_accuracy"] <= 1.0 and r["loss"] == pytest.approx(-r["val_accuracy"])
-        assert set(r["per_class"]) == {str(i) for i in range(10)} and len(d["curve"]) == r["epochs"]
-        units = d["params"]["units"]
-        # the model that was trained is the user's: its layer and its size
-        assert r["params_count"] == 64 * units + units + units * 10 + 10
-        model_file = os.path.join(d["artifacts"]["path"], "model.keras")
-        assert os.path.exists(model_file)
-    st = db_of(mongo_url).studies.find_one({"_id": "mine"})
-    assert st["objective"]["model_fn"] == "usermodels:build_model"
-    # `final` imports the function named in the database only when told it may
-    refused = run_cli("final", "mine", "--mongo", mongo_url, timeout=300, PYTHONPATH=path)
-    lines = refused.stderr.strip().splitlines()
-    assert refused.returncode == 2 and len(lines) == 1 and "--allow-user-code" in lines[0], refused.stderr
-    done = run_cli("final", "mine", "--allow-user-code", "--out", tmp_path / "final", "--mongo", mongo_url,
-                   timeout=600, PYTHONPATH=path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "test accuracy" in done.stdout and (tmp_path / "final").is_dir()
+# A --model-fn study trained by the pool, its trials and `final` (refused without --allow-user-code, then run):
+# tests/report/test_every_view.py, on the study of this kind that the view matrix runs.
 
 
 def test_a_worker_that_cannot_import_it_fails_the_trial_clearly(mongo_url, tmp_path, user_code):

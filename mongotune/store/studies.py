@@ -175,12 +175,12 @@ class Experiment(Study):
 
 
 def experiment(name: str, trials) -> Experiment:
-    """The ``Experiment`` of exp_key ``name`` in ``trials`` (a ``TrialStore``; counts only, no aggregation,
-    so that the dashboard's read-only handle can run it)."""
+    """The ``Experiment`` of exp_key ``name`` in ``trials`` (a ``TrialStore``), from one ``find`` of its jobs'
+    states (no aggregation: the dashboard's handle sends reads only)."""
     from .trialdoc import QUEUED, RUNNING
 
-    total = trials.jobs.count_documents({"exp_key": name})
-    busy = trials.jobs.count_documents({"exp_key": name, "state": {"$in": [QUEUED, RUNNING]}})
+    states = [d.get("state") for d in trials.jobs.find({"exp_key": name}, projection=["state"])]
+    total, busy = len(states), sum(1 for s in states if s in (QUEUED, RUNNING))
     return Experiment(name=name, max_evals=total, objective={"kind": STOCK_FMIN_KIND},
                       search={"algo": "fmin"}, status="running" if busy else "done")
 
@@ -243,7 +243,7 @@ class StudyStore:
         doc = self.coll.find_one({"_id": name})
         if doc is not None:
             return Study.from_doc(doc)
-        if name.startswith(EXP_KEY_PREFIX) or not trials.count(name):
+        if name.startswith(EXP_KEY_PREFIX) or trials.jobs.find_one({"exp_key": name}, projection=["_id"]) is None:
             self.get(name)  # raises StudyNotFound, naming the known studies
         return experiment(name, trials)
 

@@ -13,6 +13,7 @@ with pymongo, not through mongotune's code.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import urllib.request
@@ -41,13 +42,17 @@ def pool(mongo_server, tmp_path_factory):
 def dashboard(pool):
     """What the dashboard's JSON endpoints answer for every kind, read as soon as the pool is done (it lists
     workers seen in the last five minutes), once parameter importance (fitted in the background) is in."""
+    from test_report_dashboard import READ_COMMANDS
+
     dash = LiveDashboard(pool.url)
     try:
         studies = _get(f"{dash.base}/api/studies")
-        return {"studies": {s["name"]: s for s in studies["studies"]},
+        seen = {"studies": {s["name"]: s for s in studies["studies"]},
                 "pages": {k: _study_page(dash, kind.name) for k, kind in KINDS.items()}}
     finally:
         dash.close()
+    assert set(dash.recorder.commands) <= READ_COMMANDS, set(dash.recorder.commands)  # stock fmin jobs too
+    return seen
 
 
 def _get(url: str) -> dict:
@@ -260,3 +265,23 @@ def _drawn_in_page(page, kind, t, card: str) -> None:
     assert page.locator("#plot-parallel .axis-title").count() >= 3  # two parameters and the metric at least
     assert page.locator("#plot-slices .scatterlayer .point").count() >= t["ok"]
     assert page.locator("#plot-importance .barlayer .point").count() >= 2
+
+
+def test_the_model_fn_study_trained_the_users_own_model(pool):
+    """The matrix's --model-fn study trained the user's function (a module outside the package, importable
+    on the workers only), and `final` imports it only when told it may."""
+    db = db_of(pool.url)
+    docs = list(db.jobs.find({"exp_key": "mongotune:model-fn"}))
+    assert db.studies.find_one({"_id": "model-fn"})["objective"]["model_fn"] == "usermodels:build_model"
+    db.client.close()
+    full = [d for d in docs if d["result"]["status"] == "ok" and not d["result"].get("pruned")]
+    assert full
+    for d in full:
+        r, units = d["result"], d["params"]["units"]
+        assert 0.0 <= r["val_accuracy"] <= 1.0 and r["loss"] == pytest.approx(-r["val_accuracy"])
+        assert set(r["per_class"]) == {str(i) for i in range(10)} and len(d["curve"]) == r["epochs"]
+        assert r["params_count"] == 64 * units + units + units * 10 + 10  # the user's model, by its size
+    best = min(full, key=lambda d: (d["result"]["loss"], d["tid"]))
+    assert os.path.exists(os.path.join(best["artifacts"]["path"], "model.keras"))  # kept: one of the 3 best
+    refused = run_cli("final", "model-fn", "--mongo", pool.url, timeout=120, PYTHONPATH=pool.env["PYTHONPATH"])
+    assert "--allow-user-code" in one_line_error(refused)
