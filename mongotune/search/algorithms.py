@@ -22,7 +22,7 @@ Algorithms and their options (default in brackets):
   sets from the study).  Options: startup_trials (10), constant_liar (true),
   multivariate (true), group (none: true on conditional spaces),
   n_ei_candidates (24), dedupe (true), max_trials (2000), fidelity (final),
-  goal (min), gamma (0.1: the best 10 % of the finished trials, at most 25,
+  goal (min), gamma (0.15: the best 15 % of the finished trials, at most 25,
   make the "good" density).
 * ``tpe``: hyperopt's TPE; pending trials enter with a constant lie (the
   worst loss), so parallel workers get distinct points

@@ -52,7 +52,7 @@ from .optuna_mirror import StudyMirror
 from .optuna_space import OptunaSpace
 
 DEFAULT_STARTUP = 10
-DEFAULT_GAMMA = 0.10  # the "good" trials: this fraction of the finished ones, at most 25 (Optuna's default)
+DEFAULT_GAMMA = 0.15  # the "good" trials: this fraction of the finished ones, at most 25 (Optuna: 0.10; see the README)
 RESAMPLES = 4  # asks of the sampler for a point not tried yet, before the prior is asked
 PRIOR_DRAWS = 64  # prior draws for such a point, then (small discrete spaces) every point is looked at
 ENUMERATE_UP_TO = 100_000  # points in a discrete space worth listing to find one not tried
