@@ -278,14 +278,14 @@ def test_fidelity_rung_search_runs_through_fmin_with_curves():
     domain = Domain(lambda p: 0.0, {"x": hp.uniform("x", 0, 1)})
     trials = Trials()
     rng = np.random.default_rng(4)
-    for tid in range(30):
+    for tid in range(60):
         x = float(rng.random())
-        steps = 9 if tid % 3 == 0 else 3
+        steps = 9 if tid % 2 == 0 else 3
         values = [1 - abs(x - 0.3) - 0.5 / s for s in range(1, steps + 1)]
         doc = new_docs(trials, domain, tid, {"x": x})[0]
         doc.update(_curve_doc(tid, values, pruned_at=None if steps == 9 else 3))
         trials.insert_trial_docs([doc])
     trials.refresh()
     algo = make_suggest(DEFAULT, {"fidelity": "rung", "goal": "max"})
-    xs = [algo([30 + i], domain, trials, i)[0]["misc"]["vals"]["x"][0] for i in range(15)]
+    xs = [algo([60 + i], domain, trials, i)[0]["misc"]["vals"]["x"][0] for i in range(15)]
     assert sum(abs(x - 0.3) < 0.2 for x in xs) >= 9, xs
