@@ -23,7 +23,13 @@ Algorithms and their options (default in brackets):
   multivariate (true), group (none: true on conditional spaces),
   n_ei_candidates (24), dedupe (true), max_trials (2000), fidelity (final),
   goal (min), gamma (0.15: the best 15 % of the finished trials, at most 25,
-  make the "good" density).
+  make the "good" density), objectives (1; more: each result holds
+  ``losses``, one per objective, and the model is Optuna's multi-objective
+  TPE).
+* ``nsga2``: Optuna's NSGA-II for several objectives (results hold
+  ``losses``), behind the same adapter (no point twice, pending trials
+  seen).  Options: objectives (2), population_size (50), dedupe (true),
+  max_trials (2000).
 * ``tpe``: hyperopt's TPE; pending trials enter with a constant lie (the
   worst loss), so parallel workers get distinct points
   (``mongotune.search.tpe``).  Options: startup_trials (20), constant_liar
@@ -117,7 +123,10 @@ ALGORITHMS: dict[str, tuple[Callable, dict]] = {
     "optuna-tpe": (optuna_tpe.suggest, {"startup_trials": _int(0), "constant_liar": _bool, "multivariate": _bool,
                                         "group": _bool_or_none, "n_ei_candidates": _int(1), "dedupe": _bool,
                                         "max_trials": _int(10), "fidelity": _one_of("final", "rung"),
-                                        "goal": _one_of("min", "max"), "gamma": _float(0.0, 1.0, open_low=True)}),
+                                        "goal": _one_of("min", "max"), "gamma": _float(0.0, 1.0, open_low=True),
+                                        "objectives": _int(1)}),
+    "nsga2": (optuna_tpe.nsga2_suggest, {"objectives": _int(2), "population_size": _int(2), "dedupe": _bool,
+                                         "max_trials": _int(10)}),
     "tpe": (tpe.suggest, {"startup_trials": _int(0), "constant_liar": _bool, "n_ei_candidates": _int(1),
                           "gamma": _float(0.0, 1.0, open_low=True), "prior_weight": _float(0.0, open_low=True)}),
     "rand": (_rand.suggest, {}),
@@ -159,7 +168,7 @@ def check_space(name: str, options: dict | None, space) -> None:
     opts = check_options(name, options)
     if name == "grid":
         grid.check(space, opts.get("grid_points"))
-    elif name in ("gp", "optuna-tpe"):
+    elif name in ("gp", "optuna-tpe", "nsga2"):
         dimensions(space)
 
 

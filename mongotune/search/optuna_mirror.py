@@ -43,6 +43,22 @@ from .optuna_space import OptunaSpace
 
 PENDING, COMPLETE, PRUNED, FAILED = "pending", "complete", "pruned", "failed"
 FAILED_CONSTRAINT = {"failed": 1.0}
+PRUNED_CONSTRAINT = {"pruned": 1.0}  # several objectives: a pruned trial ranks with the infeasible ones
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the mirror takes from a document: how it ended, its losses (lower is better), the step a pruned
+    trial reached, and its constraint values (<= 0: satisfied)."""
+
+    kind: str
+    values: tuple | None = None
+    step: int | None = None
+    constraints: tuple = ()
+
+    @property
+    def loss(self) -> float | None:
+        return self.values[0] if self.values else None
 
 
 @dataclass(frozen=True)
@@ -50,10 +66,12 @@ class Row:
     """What the mirror holds for one tid: the Optuna trial id and what it was made from."""
 
     trial_id: int
-    kind: str
-    loss: float | None
-    step: int | None
+    outcome: Outcome
     key: tuple
+
+    @property
+    def kind(self) -> str:
+        return self.outcome.kind
 
 
 def _tid(doc: dict) -> int:
@@ -61,21 +79,30 @@ def _tid(doc: dict) -> int:
     return tid if isinstance(tid, int) else -1
 
 
-def outcome(doc: dict) -> tuple[str, float | None, int | None]:
-    """(kind, loss, step) of a hyperopt document, as the mirror records it."""
-    if is_pending(doc):
-        return PENDING, None, None
-    result = doc.get("result") or {}
-    loss = result.get("loss")
+def _finite(values) -> tuple | None:
     try:
-        loss = float(loss)
+        out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        loss = math.nan
-    if doc.get("state") != 2 or result.get("status") != "ok" or not math.isfinite(loss):
-        return FAILED, None, None
+        return None
+    return out if all(math.isfinite(v) for v in out) else None
+
+
+def outcome(doc: dict, objectives: int = 1) -> Outcome:
+    """How a hyperopt document ended, as the mirror records it.  With several objectives the result holds
+    ``losses`` (one per objective, lower is better; ``loss`` is the first); ``constraints`` (a list, each
+    <= 0 when satisfied) may come with any result."""
+    if is_pending(doc):
+        return Outcome(PENDING)
+    result = doc.get("result") or {}
+    losses = [result.get("loss")] if objectives == 1 else result.get("losses")
+    values = _finite(losses) if isinstance(losses, (list, tuple)) and len(losses) == objectives else None
+    if doc.get("state") != 2 or result.get("status") != "ok" or values is None:
+        return Outcome(FAILED)
+    raw = result.get("constraints")
+    constraints = (_finite(raw) or ()) if isinstance(raw, (list, tuple)) else ()
     if result.get("pruned"):
-        return PRUNED, loss, _pruned_step(doc)
-    return COMPLETE, loss, None
+        return Outcome(PRUNED, values, _pruned_step(doc), constraints)
+    return Outcome(COMPLETE, values, None, constraints)
 
 
 def _pruned_step(doc: dict) -> int:
@@ -87,12 +114,24 @@ def _pruned_step(doc: dict) -> int:
     return int(max(steps)) if steps else 0
 
 
+def _constraints_of(out: Outcome, objectives: int) -> dict:
+    """The Optuna constraints of an outcome: the result's own, and one violated for a failure (or, with several
+    objectives, for a pruned trial, which Optuna's multi-objective samplers cannot rank by step)."""
+    named = {f"c{i}": v for i, v in enumerate(out.constraints)}
+    if out.kind == FAILED:
+        named.update(FAILED_CONSTRAINT)
+    elif out.kind == PRUNED and objectives > 1:
+        named.update(PRUNED_CONSTRAINT)
+    return named
+
+
 class StudyMirror:
     """The Optuna study of one hyperopt search (one space, one ``trials`` list)."""
 
-    def __init__(self, space: OptunaSpace, *, max_trials: int | None = None):
+    def __init__(self, space: OptunaSpace, *, max_trials: int | None = None, objectives: int = 1):
         self.space = space
         self.max_trials = max_trials
+        self.objectives = objectives
         self.rows: dict[int, Row] = {}
         self.points: dict[int, tuple] = {}  # tid -> point key, for every trial seen
         self.internal: dict[int, tuple | None] = {}  # tid -> the point as Optuna's internal values (flat spaces)
@@ -104,7 +143,8 @@ class StudyMirror:
         import optuna
 
         self.study = optuna.create_study(storage=optuna.storages.InMemoryStorage(),
-                                         sampler=optuna.samplers.RandomSampler(seed=0))
+                                         sampler=optuna.samplers.RandomSampler(seed=0),
+                                         directions=["minimize"] * self.objectives)
         self.storage = self.study._storage
         self.study_id = self.study._study_id
         self.rows = {}
@@ -132,18 +172,18 @@ class StudyMirror:
             if not isinstance(tid, int) or tid in seen:
                 continue
             seen.add(tid)
-            kind, loss, step = outcome(doc)
+            out = outcome(doc, self.objectives)
             row = self.rows.get(tid)
-            if row is not None and row.kind != PENDING and (row.kind, row.loss, row.step) == (kind, loss, step):
+            if row is not None and row.kind != PENDING and row.outcome == out:
                 continue  # a finished trial as it was: the common case, nothing computed
             assignment = assignment_of(doc)
             key = point_key(assignment)
             if row is None:
-                self._add(tid, assignment, key, kind, loss, step)
+                self._add(tid, assignment, key, out)
             elif row.kind != PENDING or row.key != key:
                 return False  # a finished trial changed, or a trial's point did
-            elif kind != PENDING:
-                self._finish(tid, row, kind, loss, step)
+            elif out.kind != PENDING:
+                self._finish(tid, row, out)
         for tid in [t for t in self.rows if t not in seen]:
             row = self.rows[tid]
             if row.kind != PENDING:
@@ -158,8 +198,8 @@ class StudyMirror:
         finished = [d for d in docs if not is_pending(d)]
 
         def loss_of(d):
-            kind, loss, _ = outcome(d)
-            return loss if kind == COMPLETE else math.inf
+            out = outcome(d, self.objectives)
+            return out.loss if out.kind == COMPLETE else math.inf
 
         quarter = max(1, self.max_trials // 4)
         keep = {id(d) for d in sorted(finished, key=loss_of)[:quarter]}
@@ -185,41 +225,37 @@ class StudyMirror:
                 self.internal.pop(tid, None)
 
     # ------------------------------------------------------------ one trial
-    def _add(self, tid: int, assignment: dict, key: tuple, kind: str, loss, step) -> None:
+    def _add(self, tid: int, assignment: dict, key: tuple, out: Outcome) -> None:
         from optuna.trial import TrialState, create_trial
 
         fitted = self.space.trial_params(assignment)
         if fitted is None:
             return  # a point this space cannot hold: the sampler never sees it
         params, dists = fitted
-        kwargs: dict = {"params": params, "distributions": dists, "user_attrs": {"tid": tid}}
-        if kind == PENDING:
+        kwargs: dict = {"params": params, "distributions": dists, "user_attrs": {"tid": tid},
+                        "constraints": _constraints_of(out, self.objectives) or None}
+        if out.kind == PENDING:
             kwargs["state"] = TrialState.RUNNING
-        elif kind == COMPLETE:
-            kwargs.update(state=TrialState.COMPLETE, value=loss)
-        elif kind == PRUNED:
-            kwargs.update(state=TrialState.PRUNED, intermediate_values={step: loss})
+        elif out.kind == PRUNED and self.objectives == 1:
+            kwargs.update(state=TrialState.PRUNED, intermediate_values={out.step: out.loss})
         else:
-            kwargs.update(state=TrialState.COMPLETE, value=0.0, constraints=FAILED_CONSTRAINT)
+            kwargs.update(state=TrialState.COMPLETE, values=list(out.values or [0.0] * self.objectives))
         trial_id = self.storage.create_new_trial(self.study_id, template_trial=create_trial(**kwargs))
-        self.rows[tid] = Row(trial_id, kind, loss, step, key)
+        self.rows[tid] = Row(trial_id, out, key)
 
-    def _finish(self, tid: int, row: Row, kind: str, loss, step) -> None:
+    def _finish(self, tid: int, row: Row, out: Outcome) -> None:
         from optuna.trial import TrialState
 
         trial_id = row.trial_id
-        if kind == PENDING:  # still pending (a requeued trial): nothing to change
-            return
-        if kind == COMPLETE:
-            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [loss])
-        elif kind == PRUNED:
-            self.storage.set_trial_intermediate_value(trial_id, step, loss)
+        for name, value in _constraints_of(out, self.objectives).items():  # as Trial.set_constraint stores it
+            self.storage.set_trial_system_attr(trial_id, f"constraints:{name}", value)
+        if out.kind == PRUNED and self.objectives == 1:
+            self.storage.set_trial_intermediate_value(trial_id, out.step, out.loss)
             self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
         else:
-            for name, violation in FAILED_CONSTRAINT.items():  # as Trial.set_constraint stores it
-                self.storage.set_trial_system_attr(trial_id, f"constraints:{name}", violation)
-            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.0])
-        self.rows[tid] = Row(trial_id, kind, loss, step, row.key)
+            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE,
+                                               list(out.values or [0.0] * self.objectives))
+        self.rows[tid] = Row(trial_id, out, row.key)
 
     def _drop(self, tid: int, row: Row) -> None:
         from optuna.trial import TrialState
@@ -232,7 +268,7 @@ class StudyMirror:
         """Record a trial the sampler just proposed for ``tid`` (pending until its document says otherwise)."""
         self.storage.set_trial_user_attr(trial._trial_id, "tid", tid)
         key = point_key(assignment)
-        self.rows[tid] = Row(trial._trial_id, PENDING, None, None, key)
+        self.rows[tid] = Row(trial._trial_id, Outcome(PENDING), key)
         self.points[tid] = key
         self.internal[tid] = self.space.internal(assignment)
 

@@ -91,6 +91,11 @@ class _Search:
 
 
 def _sampler(space: OptunaSpace, options: dict, seed: int):
+    """Optuna's TPE (with the candidate filter) or, for ``sampler="nsga2"``, its NSGA-II."""
+    if options.get("sampler") == "nsga2":
+        from optuna.samplers import NSGAIISampler
+
+        return NSGAIISampler(seed=seed, population_size=options["population_size"])
     cls = _dedupe_sampler_class()
     group = options["group"] if options["group"] is not None else space.conditional
     fraction = options["gamma"]
@@ -120,7 +125,8 @@ def _search_for(domain, trials, options: dict, seed: int) -> _Search:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning for group=True
             sampler = _sampler(space, options, seed)
-        found = cache[key] = _Search(space, StudyMirror(space, max_trials=options["max_trials"]), sampler)
+        mirror = StudyMirror(space, max_trials=options["max_trials"], objectives=options["objectives"])
+        found = cache[key] = _Search(space, mirror, sampler)
     return found
 
 
@@ -135,30 +141,46 @@ def _owner(trials):
 
 def suggest(new_ids, domain, trials, seed, *, startup_trials: int = DEFAULT_STARTUP, constant_liar: bool = True,
             multivariate: bool = True, group: bool | None = None, n_ei_candidates: int = 24, dedupe: bool = True,
-            max_trials: int = 2000, fidelity: str = "final", goal: str = "min", gamma: float = DEFAULT_GAMMA):
+            max_trials: int = 2000, fidelity: str = "final", goal: str = "min", gamma: float = DEFAULT_GAMMA,
+            objectives: int = 1):
     """hyperopt-compatible suggest: one new trial document per id in ``new_ids``.
 
     ``fidelity="rung"``: fit the model to every finished trial's best reading up to the highest step that
     enough of them reached (``fidelity.at_highest_rung``; BOHB-style), reading curves with ``goal``.
+    ``objectives`` > 1: each result holds ``losses`` (one per objective, lower is better) and the model
+    is Optuna's multi-objective TPE (pruned trials then rank with the infeasible ones).
     """
+    options = {"startup_trials": startup_trials, "constant_liar": constant_liar, "multivariate": multivariate,
+               "group": group, "n_ei_candidates": n_ei_candidates, "dedupe": dedupe, "max_trials": max_trials,
+               "fidelity": fidelity, "goal": goal, "gamma": gamma, "objectives": objectives}
+    return _suggest(new_ids, domain, trials, seed, options)
+
+
+def nsga2_suggest(new_ids, domain, trials, seed, *, objectives: int = 2, population_size: int = 50,
+                  dedupe: bool = True, max_trials: int = 2000):
+    """hyperopt-compatible suggest through Optuna's NSGA-II (a genetic search for the Pareto front)."""
+    options = {"sampler": "nsga2", "objectives": objectives, "population_size": population_size, "dedupe": dedupe,
+               "max_trials": max_trials, "fidelity": "final", "startup_trials": 0}
+    return _suggest(new_ids, domain, trials, seed, options)
+
+
+def _suggest(new_ids, domain, trials, seed, options: dict) -> list:
     import warnings
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    options = {"startup_trials": startup_trials, "constant_liar": constant_liar, "multivariate": multivariate,
-               "group": group, "n_ei_candidates": n_ei_candidates, "dedupe": dedupe, "max_trials": max_trials,
-               "fidelity": fidelity, "goal": goal, "gamma": gamma}
     search = _search_for(domain, trials, options, seed)
     docs = list(trials.trials)
-    if fidelity == "rung":
-        docs = at_highest_rung(docs, goal, max(startup_trials, len(search.space.params) + 2))
+    if options["fidelity"] == "rung":
+        docs = at_highest_rung(docs, options["goal"], max(options["startup_trials"], len(search.space.params) + 2))
     search.mirror.sync(docs)
     out: list = []
+    new_ids = list(new_ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's experimental/independent-sampling warnings, once per trial
-        for new_id, s in zip(list(new_ids), seeds_for(seed, len(list(new_ids)))):
-            assignment = _propose(search, domain, new_id, s, dedupe)
+        for new_id, s in zip(new_ids, seeds_for(seed, len(new_ids))):
+            assignment = _propose(search, domain, new_id, s, options["dedupe"])
             out.extend(new_docs(trials, domain, new_id, assignment))
     return out
 
@@ -212,4 +234,4 @@ def _enqueued(study, space: OptunaSpace, assignment: dict):
     return trial
 
 
-__all__ = ["DEFAULT_STARTUP", "suggest"]
+__all__ = ["DEFAULT_STARTUP", "nsga2_suggest", "suggest"]

@@ -209,7 +209,7 @@ def test_tpe_random_start_counts_queued_trials():
 
 # ---------------------------------------------------------------- options
 @pytest.mark.parametrize("name,options,message", [
-    ("bayes", {}, r"unknown search algorithm 'bayes' \(choose from optuna-tpe, tpe, rand, anneal, grid, gp\)"),
+    ("bayes", {}, r"unknown search algorithm 'bayes' \(choose from optuna-tpe, nsga2, tpe, rand, anneal, grid, gp\)"),
     ("optuna-tpe", {"acquisition": "ei"}, r"'acquisition' does not apply to algorithm 'optuna-tpe'"),
     ("optuna-tpe", {"group": "auto"}, r"group='auto': must be true or false"),
     ("optuna-tpe", {"max_trials": 3}, r"max_trials=3: must be an integer >= 10"),
@@ -236,7 +236,7 @@ def test_none_means_not_given_and_from_search_reads_the_algo_key():
     assert make_suggest("rand", {"grid_points": None}) is rand.suggest
     fn = from_search({"algo": "gp", "acquisition": "ucb", "kappa": 3.0, "startup_trials": 4, "xi": None})
     assert fn.func is gp.suggest and fn.keywords == {"acquisition": "ucb", "kappa": 3.0, "startup_trials": 4}
-    assert set(ALGORITHMS) == {"optuna-tpe", "tpe", "rand", "anneal", "grid", "gp"}
+    assert set(ALGORITHMS) == {"optuna-tpe", "tpe", "rand", "anneal", "grid", "gp", "nsga2"}
 
 
 def test_gp_refuses_a_dimension_whose_bounds_depend_on_another():

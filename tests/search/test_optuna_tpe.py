@@ -289,3 +289,39 @@ def test_fidelity_rung_search_runs_through_fmin_with_curves():
     algo = make_suggest(DEFAULT, {"fidelity": "rung", "goal": "max"})
     xs = [algo([60 + i], domain, trials, i)[0]["misc"]["vals"]["x"][0] for i in range(15)]
     assert sum(abs(x - 0.3) < 0.2 for x in xs) >= 9, xs
+
+
+# ---------------------------------------------------------------- several objectives
+def _two_objectives(p):
+    """A front between x=0 (first objective best) and x=1 (second best); y only adds to both."""
+    f1, f2 = p["x"] ** 2 + p["y"], (1 - p["x"]) ** 2 + p["y"]
+    return {"status": "ok", "loss": f1, "losses": [f1, f2], "constraints": [p["x"] - 0.8]}
+
+
+@pytest.mark.parametrize("name,options", [("optuna-tpe", {"objectives": 2}), ("nsga2", {"population_size": 8})])
+def test_several_objectives_through_fmin_approach_the_feasible_front(name, options):
+    space = {"x": hp.uniform("x", 0, 1), "y": hp.uniform("y", 0, 1)}
+    trials = Trials()
+    fmin(_two_objectives, space, algo=make_suggest(name, options), max_evals=60, trials=trials,
+         rstate=np.random.default_rng(0), show_progressbar=False)
+    late = [d["misc"]["vals"] for d in trials.trials[30:]]
+    early = [d["misc"]["vals"] for d in trials.trials[:10]]
+    # on the front y is 0; later trials come closer to it, and mostly stay feasible (x <= 0.8)
+    assert np.median([v["y"][0] for v in late]) < np.median([v["y"][0] for v in early]) / 2
+    assert sum(v["x"][0] <= 0.8 for v in late) >= 20
+    (search,) = trials.__dict__["_mongotune_optuna"].values()
+    done = [t for t in search.mirror.study.get_trials() if t.values is not None]
+    assert done and all(len(t.values) == 2 for t in done)
+    assert any(t.constraints.get("c0", -1) > 0 for t in done)  # infeasible results reach the sampler as such
+
+
+def test_a_result_without_every_objective_counts_as_failed():
+    from mongotune.search.optuna_mirror import outcome
+
+    doc = {"state": JOB_STATE_DONE, "result": {"status": "ok", "loss": 1.0, "losses": [1.0]}}
+    assert outcome(doc, 2).kind == FAILED and outcome(doc, 1).kind == COMPLETE
+    doc["result"]["losses"] = [1.0, float("nan")]
+    assert outcome(doc, 2).kind == FAILED
+    doc["result"].update(losses=[1.0, 2.0], pruned=True, pruned_at=3, constraints=[0.5, -1])
+    out = outcome(doc, 2)
+    assert (out.kind, out.values, out.step, out.constraints) == (PRUNED, (1.0, 2.0), 3, (0.5, -1.0))
