@@ -8,33 +8,33 @@ import signal
 import pytest
 from hyperopt.base import JOB_STATE_DONE
 
-from helpers import db_of, log_text, mongotune, run_cli, wait_for
+from helpers import db_of, log_text, mongotune, run_cli, stop, wait_for
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 def test_launch_kill_coordinator_resume_keras_digits(mongo_url, tmp_path):
     max_evals = 5
+    # two workers of their own (a launch's --workers stop with it): they stay in the pool when the coordinator dies
+    workers = [mongotune("worker", "--mongo", mongo_url, "--study", "e2e", "--gpu", "none", log=tmp_path / f"w{i}.log")
+               for i in range(2)]
     coord = mongotune("launch", "baseline", "--study", "e2e", "--dataset", "digits", "--max-evals", max_evals,
-                      "--workers", 2, "--epochs", 2, "--patience", 1, "--algo", "rand", "--pruner", "none", "--xla", "on",
-                      "--mongo", mongo_url, "-q",
-                      log=tmp_path / "launch.log")
+                      "--epochs", 2, "--patience", 1, "--algo", "rand", "--pruner", "none", "--xla", "on",
+                      "--mongo", mongo_url, "-q", log=tmp_path / "launch.log")
     db = db_of(mongo_url)
     try:
         wait_for(lambda: db.jobs.count_documents({"exp_key": "mongotune:e2e", "state": JOB_STATE_DONE}) >= 2, 600, 0.2,
                  what="two finished trials")
-        coord.send_signal(signal.SIGKILL)  # the coordinator dies; its two workers stay in the pool
+        coord.send_signal(signal.SIGKILL)  # the coordinator dies; the two workers stay in the pool
         coord.wait()
         r = run_cli("resume", "e2e", "--mongo", mongo_url, "-q", timeout=600)
         assert r.returncode == 0, r.stdout + r.stderr + log_text(tmp_path / "launch.log")
         assert f"{max_evals}/{max_evals} trials finished" in r.stdout
         assert "best validation accuracy" in r.stdout
     finally:
-        for w in db.workers.find({"status": {"$ne": "stopped"}}):
-            try:
-                os.kill(w["pid"], signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        stop(coord, signal.SIGKILL)
+        codes = [stop(w) for w in workers]
+    assert codes == [0, 0], [log_text(tmp_path / f"w{i}.log")[-2000:] for i in range(2)]
     docs = list(db.jobs.find({"exp_key": "mongotune:e2e"}))
     assert len(docs) == max_evals
     assert len({d["tid"] for d in docs}) == max_evals
