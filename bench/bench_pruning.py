@@ -121,7 +121,7 @@ def run_mongotune(arm: str, seed: int, args, url: str, home: Path) -> dict:
     cmd = [sys.executable, "-m", "mongotune", "launch", "baseline", "--dataset", "digits", "--study", name,
            "--mongo", url, "--max-evals", str(args.trials), "--startup-trials", str(args.startup),
            "--workers", str(args.workers), "--epochs", str(args.epochs), "--patience", str(args.patience),
-           "--seed", str(seed), "--quiet", *pruner]
+           "--seed", str(seed), "--split-seed", str(seed), "--quiet", *pruner]
     log = home / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.monotonic()

@@ -17,13 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..search.defaults import ALGORITHM, PRUNER
+from ..search.defaults import ALGORITHM, ALGORITHM_NAMES, PRUNER
 from ..store._defaults import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
 from .kinds import ObjectiveKind, kinds
 
-#: the search algorithms' names, for the check before hyperopt loads (``search.algorithms.ALGORITHMS`` holds
-#: them with their options; a test keeps the two the same)
-ALGORITHM_NAMES = ("optuna-tpe", "tpe", "rand", "anneal", "grid", "gp")
 #: a study's seed: 0 <= seed < 2**31 (drawn fresh unless --seed is given)
 SEED_BITS = 31
 #: JSON space kinds with no finite set of values of their own (a grid needs --grid-points for them)

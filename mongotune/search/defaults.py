@@ -5,6 +5,9 @@ benchmarks behind each choice are in the README ("Search algorithms").
 """
 
 ALGORITHM = "optuna-tpe"
+#: every algorithm's name, in the order errors list them (``algorithms.ALGORITHMS`` holds each with its options;
+#: a test keeps the two the same); here so ``launch`` checks a name before hyperopt loads
+ALGORITHM_NAMES = ("optuna-tpe", "nsga2", "tpe", "rand", "anneal", "grid", "gp")
 
 #: the pruner ``mongotune launch`` uses without ``--pruner`` (``--pruner none`` turns pruning off)
 PRUNER = {"kind": "asha", "min_epochs": 1, "reduction_factor": 3}
