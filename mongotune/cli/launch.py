@@ -32,11 +32,11 @@ SEARCH_HELP = ("Search algorithm. Default optuna-tpe: Optuna's multivariate TPE 
                "is exhausted) or gp (Gaussian-process Bayesian optimisation).")
 
 
-PRUNER_HELP = ("Stop hopeless trials early: asha, hyperband, median or none. Default: "
-               + DEFAULT_PRUNER["kind"] + " (rungs at epoch " + str(DEFAULT_PRUNER["min_epochs"]) + " x "
-               + str(DEFAULT_PRUNER["reduction_factor"]) + "^k): with the default search it reached the benchmarks' "
-               "targets in fewer epochs than without pruning and than Optuna's TPE with successive halving "
-               "(README, 'Pruning').")
+PRUNER_HELP = ("Stop hopeless trials early: envelope, asha, hyperband, median or none. Default: "
+               + DEFAULT_PRUNER["kind"] + " (from epoch " + str(DEFAULT_PRUNER["min_epochs"]) + ", stop a trial "
+               "worse than each of the 3 best complete trials was at the same epoch): it keeps the slow starters "
+               "that end best, which ASHA and successive halving from epoch 1 throw away (README, 'Pruning: "
+               "time to target').")
 
 SEED_HELP = ("Seed of the search and of each trial's training (weights, sample). Default: drawn fresh and "
              "recorded in the study (`mongotune status` shows it): rerun a study exactly with --seed N.")

@@ -10,4 +10,4 @@ ALGORITHM = "optuna-tpe"
 ALGORITHM_NAMES = ("optuna-tpe", "nsga2", "tpe", "rand", "anneal", "grid", "gp")
 
 #: the pruner ``mongotune launch`` uses without ``--pruner`` (``--pruner none`` turns pruning off)
-PRUNER = {"kind": "asha", "min_epochs": 1, "reduction_factor": 3}
+PRUNER = {"kind": "envelope", "min_epochs": 1}
