@@ -25,7 +25,7 @@ the regret of the best trial that ran to its last epoch (the model one would
 ship); trials started and pruned.  Medians and quartiles over seeds; a run that
 never reached a target counts as worse than any that did.
 
-    python bench/bench_pruning_lc.py                       # 20 seeds x 3 tables x 7 arms
+    python bench/bench_pruning_lc.py --arms default,pruned,optuna-tpe,optuna-tpe+sh   # the defaults vs Optuna
     python bench/bench_pruning_lc.py --quick               # smoke run
     python bench/bench_pruning_lc.py --arms default,default+asha --seeds 40
 """
@@ -55,8 +55,11 @@ sys.path.insert(0, str(HERE))
 from lc_problem import TABLES, CurveProblem  # noqa: E402
 
 TARGETS = (0.02, 0.01, 0.005)
+from mongotune.search.defaults import PRUNER  # noqa: E402
+
 ARMS = {  # name: (kind, search or sampler, pruner spec)
     "default": ("mongotune", {}, None),
+    "pruned": ("mongotune", {}, dict(PRUNER)),  # what `mongotune launch` does when told nothing
     "default+asha": ("mongotune", {}, {"kind": "asha", "min_epochs": 1, "reduction_factor": 3}),
     "default+asha3": ("mongotune", {}, {"kind": "asha", "min_epochs": 3, "reduction_factor": 3}),
     "default+hyperband": ("mongotune", {}, {"kind": "hyperband", "min_epochs": 1, "reduction_factor": 3}),
