@@ -78,7 +78,7 @@ class Pruner:
     name = "none"
 
     def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
-        return False
+        return self.decision(curves, tid, step)[0]
 
     def decides_at(self, tid: int, step: int) -> bool:
         """Whether a decision is taken at this step at all (saves reading the curves when not)."""
@@ -86,7 +86,7 @@ class Pruner:
 
     def decision(self, curves: StudyCurves, tid: int, step: int) -> tuple[bool, dict]:
         """``(prune?, why)``: the answer and what it was based on (recorded on a pruned trial)."""
-        return self.should_prune(curves, tid, step), {"pruner": self.name, "step": step}
+        return False, {"pruner": self.name, "step": step}
 
     def describe(self) -> str:
         return self.name
@@ -96,18 +96,22 @@ class NoPruner(Pruner):
     pass
 
 
-class MedianPruner(Pruner):
-    name = "median"
+class _FromMinEpochs(Pruner):
+    """A pruner that may decide at every step from ``min_epochs`` on, once ``min_trials`` others allow it."""
 
-    def __init__(self, min_epochs: int = 1, min_trials: int = 4):
+    def __init__(self, min_epochs: int = 1, min_trials: int = 1):
         self.min_epochs = min_epochs
         self.min_trials = min_trials
 
     def decides_at(self, tid: int, step: int) -> bool:
         return step >= self.min_epochs
 
-    def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
-        return self.decision(curves, tid, step)[0]
+
+class MedianPruner(_FromMinEpochs):
+    name = "median"
+
+    def __init__(self, min_epochs: int = 1, min_trials: int = 4):
+        super().__init__(min_epochs, min_trials)
 
     def decision(self, curves: StudyCurves, tid: int, step: int) -> tuple[bool, dict]:
         why: dict = {"pruner": self.name, "step": step}
@@ -158,9 +162,6 @@ class ASHAPruner(Pruner):
     def peers(self, curves: StudyCurves, tid: int) -> list[TrialCurve]:
         return curves.others(tid)
 
-    def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
-        return self.decision(curves, tid, step)[0]
-
     def decision(self, curves: StudyCurves, tid: int, step: int) -> tuple[bool, dict]:
         why: dict = {"pruner": self.name, "step": step}
         mine = curves.trials.get(tid)
@@ -207,19 +208,12 @@ class HyperbandPruner(ASHAPruner):
                 f"{self.reduction_factor}^b up to {self.max_epochs})")
 
 
-class EnvelopePruner(Pruner):
+class EnvelopePruner(_FromMinEpochs):
     name = "envelope"
 
     def __init__(self, min_epochs: int = 1, top: int = 3, min_trials: int = 3):
-        self.min_epochs = min_epochs
+        super().__init__(min_epochs, min_trials)  # min_trials: complete trials needed before any decision
         self.top = top
-        self.min_trials = min_trials  # complete trials needed before any decision
-
-    def decides_at(self, tid: int, step: int) -> bool:
-        return step >= self.min_epochs
-
-    def should_prune(self, curves: StudyCurves, tid: int, step: int) -> bool:
-        return self.decision(curves, tid, step)[0]
 
     def decision(self, curves: StudyCurves, tid: int, step: int) -> tuple[bool, dict]:
         why: dict = {"pruner": self.name, "step": step}
