@@ -21,8 +21,8 @@ import threading
 import time
 
 from ..report import charts as ch
-from ..report.study_data import (TERMINAL, TrialLoader, TrialRow, done_counts, list_study_infos, load_workers,
-                                 server_now)
+from ..report.study_data import TERMINAL, TrialLoader, TrialRow, done_counts, list_study_infos, server_now
+from ..store.workers import WorkerRegistry
 
 
 def _default(o):
@@ -81,7 +81,7 @@ class StudyView:
             now = self.loader.now
             rows = self.loader.sorted_rows()
             # a worker's count here is of this study's trials, read from the trials (never its own counter)
-            self.workers = [w for w in load_workers(self.db, now, done=done_counts(rows))
+            self.workers = [w for w in WorkerRegistry(self.db).recent(now=now, done=done_counts(rows))
                             if w.get("study") in (None, self.name)
                             or (w.get("current") or {}).get("study") == self.name]
             first = self.gen == 0
@@ -224,7 +224,7 @@ class Dashboard:
                         "counts": s.get("counts"), "best": s.get("best"), "utilisation":
                             (s.get("utilisation") or {}).get("utilisation")})
         # every worker's count: the trials it finished in every study listed (read from the trials)
-        return {"studies": out, "workers": load_workers(self.db, now, done=done), "server_time": now}
+        return {"studies": out, "workers": WorkerRegistry(self.db).recent(now=now, done=done), "server_time": now}
 
     def warm(self) -> None:
         """Read every study once (the full first read), so the first page views are fast."""

@@ -42,7 +42,7 @@ from ..errors import ConfigError, MongotuneError
 from ..objectives import objective_kind
 from ..search import spaces
 from ..search.batch import fill_batch
-from ..store import MongoJobs, MongoTrials, RetryPolicy, decode, encode, open_client
+from ..store import MongoTrials, RetryPolicy, decode, encode, open_client
 from ..store._connection import FOREVER
 from ..store.studies import COORDINATOR_LEASE_S, Study, StudyBusy, StudyStore, holder_info, spare_for
 from ..store.progress import Snapshot, snapshot
@@ -100,6 +100,7 @@ class _StudyTrials(MongoTrials):
         self._full_at = 0.0
         self._synced_at = 0.0
         super().__init__(*args, **kwargs)
+        self._store = TrialStore.of(self.handle)
 
     def refresh_tids(self, tids):
         if tids is not None or not self._by_id or time.monotonic() - self._full_at >= self.full_refresh_s:
@@ -133,8 +134,7 @@ class _StudyTrials(MongoTrials):
         """
         query = self._query()
         active_states = [JOB_STATE_NEW, JOB_STATE_RUNNING]
-        active = {d["_id"]: d for d in self.handle.jobs.find({"state": {"$in": active_states}})
-                  if self._exp_key is None or d.get("exp_key") == self._exp_key}
+        active = self._store.active(self._exp_key)
         for i, d in active.items():
             self._by_id[i] = decode(d)
         left = {i: d.get("tid") for i, d in self._by_id.items()
@@ -219,8 +219,8 @@ class Coordinator:
         self.client, self.db, self.parsed = open_client(url)  # a bad URL or an absent server: one error now
         self.retry = retry or RetryPolicy(max_wait_s=30.0)  # one-shot reads: fail after a while
         self.url = self.parsed.redacted
-        self.jobs = self.db[self.parsed.collection]
-        self.trials = TrialStore(self.db, self.jobs)
+        self.trials = TrialStore(self.db, self.db[self.parsed.collection])
+        self.jobs = self.trials.jobs  # the collection itself, for tests and benchmarks that read raw documents
         self.studies = StudyStore(self.db)
         self.workers = WorkerRegistry(self.db)
         self.poll_s = poll_s
@@ -273,12 +273,8 @@ class Coordinator:
         if now - cache.get("t", 0.0) > 0.5:
             try:
                 live = self.workers.live(study.exp_key)
-                # a worker's own document lags its reservation by up to one
-                # heartbeat, so busy workers are read from the running trials
-                running = self.jobs.find({"state": JOB_STATE_RUNNING}, projection=["worker.id", "exp_key"])
                 cache["live"] = [w["_id"] for w in live]
-                cache["busy"] = {(d.get("worker") or {}).get("id") for d in running
-                                 if d.get("exp_key") != study.exp_key}
+                cache["busy"] = self.trials.busy_workers(besides=study.exp_key)
             except Exception:  # noqa: BLE001 - keep the last answer while the server is away
                 cache.setdefault("live", [])
                 cache.setdefault("busy", set())
@@ -365,7 +361,7 @@ class Coordinator:
             retry.call(lambda: self.studies.reset_created(name, token, n_existing), "reset the trial count")
             remaining = max(0, study.max_evals - n_existing)
             retry.call(lambda: self.studies.update(name, status="running"), "update study")
-            handle = MongoJobs(self.db, self.jobs, gridfs.GridFS(self.db), self.client, None, "spec", retry=retry)
+            handle = self.trials.hyperopt_jobs(gridfs.GridFS(self.db), retry)
             trials = _StudyTrials(handle, exp_key=study.exp_key, pickle_domain=False, on_poll=on_poll,
                                   poll_every_s=0.0, retry=retry, space=space, fence=fence)
             queue_cache: dict = {}

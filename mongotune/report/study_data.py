@@ -23,7 +23,6 @@ from typing import Any, Iterable
 from ..store.best import metric_fields
 from ..store.studies import Study, StudyStore
 from ..store.trialdoc import TrialRecord, TrialStore, server_now  # noqa: F401  (server_now: re-exported)
-from ..store.workers import WorkerRegistry
 
 STATES = ("queued", "running", "ok", "failed", "pruned")
 TERMINAL = ("ok", "failed", "pruned")
@@ -227,19 +226,6 @@ def list_study_infos(db, *, jobs: str = "jobs", experiments: bool = True) -> lis
     return found + ([info_of(e) for e in store.experiments(_store(db, jobs))] if experiments else [])
 
 
-def load_workers(db, now: datetime.datetime | None = None, *, include_gone_s: float = 300.0,
-                 done: dict[str, int] | None = None) -> list[dict]:
-    """Workers seen in the last ``include_gone_s`` seconds, with their state (idle, running, lost, stopped);
-    ``done``: the trials each finished (``done_counts``), else each worker's own counter."""
-    rows = []
-    for w in WorkerRegistry(db).listing(seen_within_s=include_gone_s, done=done, now=now):
-        age = w["heartbeat_age_s"]
-        rows.append({"id": str(w["_id"]), "host": w.get("host"), "pid": w.get("pid"), "gpu": w.get("gpu"),
-                     "study": w.get("study"), "state": w["state"], "current": w.get("current"),
-                     "trials_done": w.get("trials_done"), "heartbeat_age_s": None if age is None else round(age, 1)})
-    return rows
-
-
 def done_counts(rows: Iterable[TrialRow], into: dict[str, int] | None = None) -> dict[str, int]:
     """Finished trials per worker id among ``rows`` (added to ``into``); lease-expiry failures are nobody's."""
     out = {} if into is None else into
@@ -278,7 +264,7 @@ class TrialLoader:
         self.info = get_study(self.db, self.name, jobs=self.jobs)
         now = server_now(self.db)
         self.now = now
-        size = self.store.jobs.estimated_document_count()
+        size = self.store.size()
         self._calls += 1
         if self._since is None:
             records = self.store.records(self.info.exp_key, fields=trial_fields(self.info.metric), lenient=True)

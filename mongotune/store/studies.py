@@ -179,7 +179,7 @@ def experiment(name: str, trials) -> Experiment:
     states (no aggregation: the dashboard's handle sends reads only)."""
     from .trialdoc import QUEUED, RUNNING
 
-    states = [d.get("state") for d in trials.jobs.find({"exp_key": name}, projection=["state"])]
+    states = trials.states(name)
     total, busy = len(states), sum(1 for s in states if s in (QUEUED, RUNNING))
     return Experiment(name=name, max_evals=total, objective={"kind": STOCK_FMIN_KIND},
                       search={"algo": "fmin"}, status="running" if busy else "done")
@@ -243,15 +243,23 @@ class StudyStore:
         doc = self.coll.find_one({"_id": name})
         if doc is not None:
             return Study.from_doc(doc)
-        if name.startswith(EXP_KEY_PREFIX) or trials.jobs.find_one({"exp_key": name}, projection=["_id"]) is None:
+        if name.startswith(EXP_KEY_PREFIX) or not trials.has_exp_key(name):
             self.get(name)  # raises StudyNotFound, naming the known studies
         return experiment(name, trials)
 
     def experiments(self, trials) -> list[Experiment]:
         """Every exp_key of stock fmin jobs in ``trials`` (a ``TrialStore``), as ``Experiment``s, by name."""
-        keys = sorted(k for k in trials.jobs.distinct("exp_key")
+        keys = sorted(k for k in trials.exp_keys()
                       if isinstance(k, str) and k and not k.startswith(EXP_KEY_PREFIX))
         return [experiment(k, trials) for k in keys]
+
+    def objectives(self) -> dict[str, dict]:
+        """Every study's ``objective`` setting by exp_key (what a worker asks before it takes trials)."""
+        out = {}
+        for d in self.coll.find({}, projection=["exp_key", "objective"]):
+            obj = d.get("objective")
+            out[d.get("exp_key") or f"{EXP_KEY_PREFIX}{d['_id']}"] = obj if isinstance(obj, dict) else {"kind": obj}
+        return out
 
     def by_exp_key(self, exp_key: str) -> Study | None:
         doc = self.coll.find_one({"exp_key": exp_key})

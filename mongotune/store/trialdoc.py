@@ -376,6 +376,17 @@ class TrialStore:
         self._reap_failed = False  # the last reap could not reach the server
         self._back_at: float | None = None  # when a reap reached it again (monotonic)
 
+    @classmethod
+    def of(cls, handle) -> "TrialStore":
+        """The store of a ``MongoJobs`` handle's collection (hyperopt's interface to the same trials)."""
+        return cls(handle.db, handle.jobs)
+
+    def hyperopt_jobs(self, gfs=None, retry=None):
+        """hyperopt's interface (``MongoJobs``) to this store's collection, for ``MongoTrials`` and fmin."""
+        from ._jobs import MongoJobs
+
+        return MongoJobs(self.db, self.jobs, gfs, self.db.client, None, "spec", retry=retry)
+
     # ------------------------------------------------------------ set-up
     def ensure_indexes(self) -> None:
         self.jobs.create_index([("state", 1), ("exp_key", 1), ("tid", 1)])
@@ -730,7 +741,68 @@ class TrialStore:
         return [_record(d) for d in self.jobs.find(q, projection=_RUNNING_FIELDS).sort("tid", 1)]
 
     def running_exp_keys(self) -> set[str]:
-        return {d.get("exp_key") for d in self.jobs.find({"state": RUNNING}, projection=["exp_key"])}
+        return self.exp_keys(RUNNING)
+
+    def exp_keys(self, state: int | None = None) -> set:
+        """The exp_keys of the trials in ``state`` (every trial's with None; a stock fmin job's may be None)."""
+        if state is None:
+            return set(self.jobs.distinct("exp_key"))
+        return {d.get("exp_key") for d in self.jobs.find({"state": state}, projection=["exp_key"])}
+
+    def has_exp_key(self, exp_key: str) -> bool:
+        return self.jobs.find_one({"exp_key": exp_key}, projection=["_id"]) is not None
+
+    def states(self, exp_key: str) -> list[int]:
+        """The state of each trial of ``exp_key`` (one ``find``, no aggregation: the dashboard sends reads only)."""
+        return [d.get("state") for d in self.jobs.find({"exp_key": exp_key}, projection=["state"])]
+
+    def size(self) -> int:
+        """How many documents the collection holds, from its metadata (cheap; inserts move it)."""
+        return self.jobs.estimated_document_count()
+
+    def document(self, lease: Lease) -> dict | None:
+        """The whole trial document of ``lease``, decoded (a stock fmin job, which carries its own objective)."""
+        doc = self.jobs.find_one({"_id": lease.id})
+        return decode(doc) if doc is not None else None
+
+    # ------------------------------------------------------------ the coordinator's view
+    def active(self, exp_key: str | None) -> dict[Any, dict]:
+        """The queued and running trials of ``exp_key`` (of every study with None), whole, by ``_id``.
+
+        The filter is the state alone and the study is checked here: on the embedded server every
+        field of a filter costs full-collection probes after each write."""
+        docs = self.jobs.find({"state": {"$in": [QUEUED, RUNNING]}})
+        return {d["_id"]: d for d in docs if exp_key is None or d.get("exp_key") == exp_key}
+
+    def busy_workers(self, *, besides: str | None = None) -> set:
+        """The ids of the workers that run a trial now (with ``besides``, a trial of another study than that
+        exp_key): read from the running trials, which a worker's own document lags by up to one heartbeat."""
+        running = self.jobs.find({"state": RUNNING}, projection=["worker.id", "exp_key"])
+        return {(d.get("worker") or {}).get("id") for d in running if besides is None or d.get("exp_key") != besides}
+
+    # ------------------------------------------------------------ a pruner's reads
+    def finished_curves(self, exp_key: str, since: datetime.datetime | None = None
+                        ) -> tuple[list[RunCurve], datetime.datetime | None]:
+        """The curves of the study's finished trials (with ``since``, of those written after it: a finished
+        trial never changes again), and the newest ``refresh_time`` among them.
+
+        One field per filter (the study and the state are checked here): the embedded server probes the
+        whole collection for every field of a filter."""
+        query = {"state": DONE} if since is None else {"refresh_time": {"$gt": since}}
+        out, newest = [], None
+        for doc in self.jobs.find(query, projection=_CURVE_FIELDS):
+            if doc.get("exp_key") != exp_key or doc.get("state") != DONE:
+                continue
+            out.append(_run_curve(doc))
+            t = doc.get("refresh_time")
+            if isinstance(t, datetime.datetime) and (newest is None or t > newest):
+                newest = t
+        return out, newest
+
+    def running_curves(self, exp_key: str) -> list[RunCurve]:
+        """The curves of the study's running trials as they are now."""
+        return [_run_curve(d) for d in self.jobs.find({"state": RUNNING}, projection=_CURVE_FIELDS)
+                if d.get("exp_key") == exp_key]
 
     def records(self, exp_key: str, *, fields: list[str] | None = None, lenient: bool = False) -> list[TrialRecord]:
         """The study's trials in tid order (``changed`` reads only those written since a moment).
@@ -773,6 +845,30 @@ class TrialStore:
 
 _RUNNING_FIELDS = ["tid", "exp_key", "state", "worker", "book_time", "refresh_time", "progress", "attempts",
                    "params", "curve", "artifacts"]
+_CURVE_FIELDS = ["tid", "exp_key", "state", "curve", "refresh_time", "result.pruned"]
+
+
+@dataclass
+class RunCurve:
+    """One trial's curve as a pruner reads it: the points of its latest run (plain dicts: step, value, ...)."""
+
+    tid: int
+    points: list[dict]
+    finished: bool
+    pruned: bool
+
+
+def latest_run(points: list[dict]) -> list[dict]:
+    """The points of a trial's latest run (a trial run again starts its curve again; earlier runs stay)."""
+    if not points:
+        return []
+    latest = points[-1].get("lease", "")
+    return [p for p in points if p.get("lease", "") == latest]
+
+
+def _run_curve(doc: dict) -> RunCurve:
+    return RunCurve(doc["tid"], latest_run(decode(doc.get("curve") or [])), doc.get("state") == DONE,
+                    bool((doc.get("result") or {}).get("pruned")))
 
 
 def _finish_update(fields: dict) -> dict:

@@ -16,6 +16,7 @@ from .trialdoc import server_now
 
 LIVE_S = 20.0  # a worker silent for longer is not counted as live
 FORGET_S = 24 * 3600.0  # a stopped or lost worker's document is deleted after this long
+RECENT_S = 300.0  # the views list a stopped or lost worker for this long
 
 
 class WorkerRegistry:
@@ -73,6 +74,20 @@ class WorkerRegistry:
             rows.append({**w, "state": state, "heartbeat_age_s": age})
         return rows
 
+    def recent(self, within_s: float = RECENT_S, *, done: dict[str, int] | None = None,
+               now: datetime.datetime | None = None) -> list[dict]:
+        """The views' list (the dashboard's): the workers of ``listing`` heard from in the last ``within_s``
+        seconds, each as ``brief`` shows it."""
+        return [brief(w) for w in self.listing(seen_within_s=within_s, done=done, now=now)]
+
     def forget_dead(self, older_than_s: float = FORGET_S) -> int:
         cutoff = server_now(self.db) - datetime.timedelta(seconds=older_than_s)
         return self.coll.delete_many({"heartbeat": {"$lt": cutoff}}).deleted_count
+
+
+def brief(w: dict) -> dict:
+    """A worker of ``listing`` with the fields the views show (its id as text, its heartbeat age to 0.1 s)."""
+    age = w.get("heartbeat_age_s")
+    return {"id": str(w["_id"]), "host": w.get("host"), "pid": w.get("pid"), "gpu": w.get("gpu"),
+            "study": w.get("study"), "state": w["state"], "current": w.get("current"),
+            "trials_done": w.get("trials_done"), "heartbeat_age_s": None if age is None else round(age, 1)}
