@@ -8,6 +8,8 @@ reservation, a heartbeat on the server's clock, expired leases requeued (or
 failed after ``max_attempts``) by any worker that notices, results written only
 under the lease they were computed for, the worker registry (``mongotune
 workers``), GPU pinning, and SIGTERM handing the running job back to the queue.
+That is the lease loop ``mongotune worker`` runs too (``pool.lease.LeaseWorker``);
+this module says which jobs it takes and runs one.
 
 Unpickling code from a database runs whatever its writers put there, so the
 worker refuses to start without ``allow_pickle`` (``--allow-pickle``).
@@ -23,160 +25,91 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
-import threading
 import time
 import traceback
-import uuid
-
-import pymongo.errors
 
 from ..objectives import kind_named
 from ..objectives.stock_fmin import NAME as STOCK_FMIN
-from ..store import MongoJobs, MongoTrials, RetryPolicy, decode
-from ..store._hyperopt_worker import MongoCtrl, ReserveTimeout, Shutdown, _jobs_url, job_workdir
+from ..store import MongoJobs, MongoTrials, RetryPolicy
+from ..store._hyperopt_worker import MongoCtrl, Shutdown, _jobs_url, job_workdir
 from ..store.studies import EXP_KEY_PREFIX
-from ..store.trialdoc import QUEUED, RUNNING, Lease, TrialStore, failure_result, new_token
+from ..store.trialdoc import QUEUED, Lease, TrialStore, failure_result
 from ..store.workers import WorkerRegistry
 from .hyperopt_config import PICKLE_REFUSAL, HyperoptWorkerConfig  # noqa: F401 (part of this module's API)
+from .lease import LeaseWorker, heartbeat_interval
+from .lease import install_signal_handlers as _install
 
 log = logging.getLogger("mongotune.hyperopt_worker")
 
-class HyperoptWorker:
+
+class HyperoptWorker(LeaseWorker):
     """One process that runs hyperopt jobs one after another until a limit or a signal ends it."""
+
+    kind = "hyperopt"
+    what = "job"
+    idle_reason = "reserve-timeout"
+    signals = ("SIGTERM", "SIGINT", "SIGHUP")
+    log = log
 
     def __init__(self, config: HyperoptWorkerConfig):
         self.config = config.validate()
-        self.kind = kind_named(STOCK_FMIN)  # what a job is and how it runs (objectives.stock_fmin)
+        super().__init__(gpu=config.gpu, reap_every_s=config.reap_every_s,
+                         idle_timeout=config.reserve_timeout or None)
+        self.kind_of_job = kind_named(STOCK_FMIN)  # what a job is and how it runs (objectives.stock_fmin)
         self.retry = RetryPolicy(max_wait_s=config.retry_max_wait_s)
         url = _jobs_url(config.mongo)
         self.mj = self.retry.call(lambda: MongoJobs.new_from_connection_str(url), "connect")
         self.db = self.mj.db
-        self.trials = TrialStore(self.db, self.mj.jobs)
+        self.trials = TrialStore.of(self.mj)
         self.registry = WorkerRegistry(self.db)
-        self.host = socket.gethostname()
-        self.id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.jobs_done = 0
-        self.exit_reason: str | None = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._lease: Lease | None = None
+        self.info["kind"] = "hyperopt"
+        self.heartbeat_s = heartbeat_interval(config.lease_s)
+        self.failures = 0  # jobs in a row whose objective raised
         self._in_objective = False
-        self._last_reap = 0.0
+
+    @property
+    def jobs_done(self) -> int:
+        return self.trials_done
 
     # ------------------------------------------------------------ control
     def request_stop(self) -> None:
         """From a signal handler: leave after handing the running job back (interrupts the objective)."""
-        self._stop.set()
+        super().request_stop()
         if self._in_objective:
             raise Shutdown("worker stopping")
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
+    # ------------------------------------------------------------ the lease loop's questions
+    def registration(self) -> dict:
+        return {"exp_key": self.config.exp_key or "(hyperopt)", "study": None}
 
-    # ------------------------------------------------------------ registry and heartbeat
-    def _info(self) -> dict:
-        return {"id": self.id, "host": self.host, "pid": os.getpid(), "gpu": self.config.gpu, "kind": "hyperopt"}
+    def _serves(self, exp_key) -> bool:
+        if self.config.exp_key is not None:
+            return exp_key == self.config.exp_key
+        return not (isinstance(exp_key, str) and exp_key.startswith(EXP_KEY_PREFIX))
 
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        interval = max(0.2, min(self.config.lease_s / 4.0, 5.0))
-        while not stop.is_set():
-            with self._lock:
-                lease = self._lease
-            try:
-                if lease is not None and not lease.lost.is_set() and not self.trials.heartbeat(lease):
-                    log.warning("lease on job %s was taken over", lease.tid)
-                    lease.lost.set()
-                current = {"study": lease.exp_key, "tid": lease.tid} if lease else None
-                status = "stopping" if self.stopping else ("running" if lease else "idle")
-                self.registry.beat(self.id, status, current, self.jobs_done)
-            except pymongo.errors.PyMongoError as exc:
-                log.warning("heartbeat failed (%s); will retry", type(exc).__name__)
-            stop.wait(interval)
-
-    # ------------------------------------------------------------ queue
-    def _exp_keys(self, state: int) -> list:
+    def runnable_keys(self) -> list:
         if self.config.exp_key is not None:
             return [self.config.exp_key]
-        keys = self.mj.jobs.distinct("exp_key", {"state": state})
-        return [k for k in keys if not (isinstance(k, str) and k.startswith(EXP_KEY_PREFIX))]
+        keys = self.retry.call(lambda: self.trials.exp_keys(QUEUED), "look at the queue")
+        return [k for k in keys if self._serves(k)]
 
-    def _maybe_reap(self) -> None:
-        now = time.monotonic()
-        if now - self._last_reap < self.config.reap_every_s:
-            return
-        self._last_reap = now
-        keys = self._exp_keys(RUNNING)
-        self.trials.expire({k: (self.config.lease_s, self.config.max_attempts) for k in keys})
+    def lease_terms(self, exp_key) -> tuple[float, int] | None:
+        return (self.config.lease_s, self.config.max_attempts) if self._serves(exp_key) else None
 
-    def _reserve(self) -> Lease | None:
-        self.retry.call(self._maybe_reap, "requeue expired jobs")
-        keys = self.retry.call(lambda: self._exp_keys(QUEUED), "look at the queue")
-        if not keys:
-            return None
-        token = new_token()
-        try:
-            return self.trials.reserve(self._info(), keys, token=token)
-        except pymongo.errors.PyMongoError:
-            # the reply may have been lost after the reservation was made: look for it by its token
-            return self.retry.call(lambda: self.trials.held_by([token]), "reserve job")
-
-    def _wait_for_job(self, deadline: float | None) -> Lease | None:
-        while not self.stopping:
-            lease = self._reserve()
-            if lease is not None:
-                return lease
-            if deadline is not None and time.monotonic() > deadline:
-                raise ReserveTimeout()
-            self._stop.wait(random.uniform(0.5, 1.0) * self.config.poll_interval)
+    def limit(self) -> str | None:
+        cfg = self.config
+        if cfg.max_jobs is not None and self.trials_done >= cfg.max_jobs:
+            return "max-jobs"
+        if cfg.last_job_timeout is not None and time.monotonic() - self.started_at > cfg.last_job_timeout:
+            return "last-job-timeout"
+        if self.failures >= cfg.max_consecutive_failures:
+            return "consecutive-failures"
         return None
 
-    # ------------------------------------------------------------ loop
-    def run(self) -> str:
-        """Run jobs until a limit or a signal; return why it stopped (``max-jobs``, ``reserve-timeout``,
-        ``last-job-timeout``, ``consecutive-failures``, ``stopped``)."""
-        cfg = self.config
-        self.retry.call(lambda: self.registry.register({"_id": self.id, **self._info(), "exp_key": cfg.exp_key
-                                                        or "(hyperopt)", "study": None}), "register worker")
-        hb_stop = threading.Event()
-        hb = threading.Thread(target=self._heartbeat_loop, args=(hb_stop,), name="hyperopt-heartbeat", daemon=True)
-        hb.start()
-        started = time.monotonic()
-        failures = 0
-        reason = "stopped"
-        try:
-            while not self.stopping:
-                if cfg.max_jobs is not None and self.jobs_done >= cfg.max_jobs:
-                    reason = "max-jobs"
-                    break
-                if cfg.last_job_timeout is not None and time.monotonic() - started > cfg.last_job_timeout:
-                    reason = "last-job-timeout"
-                    break
-                if failures >= cfg.max_consecutive_failures:
-                    reason = "consecutive-failures"
-                    break
-                deadline = time.monotonic() + cfg.reserve_timeout if cfg.reserve_timeout else None
-                try:
-                    lease = self._wait_for_job(deadline)
-                except ReserveTimeout:
-                    reason = "reserve-timeout"
-                    break
-                if lease is None:
-                    break
-                ok = self._run_job(lease)
-                failures = 0 if ok else failures + 1
-        finally:
-            hb_stop.set()
-            hb.join(timeout=5)
-            try:
-                self.registry.stopped(self.id, reason)
-            except pymongo.errors.PyMongoError:
-                pass
-        self.exit_reason = reason
-        log.info("hyperopt-worker %s leaving: %s after %d job(s)", self.id, reason, self.jobs_done)
-        return reason
+    def idle_wait(self, empty_looks: int) -> float:
+        return random.uniform(0.5, 1.0) * self.config.poll_interval
 
+    # ------------------------------------------------------------ one job
     def _workdir(self, doc: dict) -> str:
         if self.config.workdir is None:
             root = (doc.get("misc") or {}).get("workdir", os.getcwd()) or ""
@@ -185,54 +118,55 @@ class HyperoptWorker:
             workdir = self.config.workdir
         return os.path.abspath(os.path.expanduser(workdir))
 
-    def _run_job(self, lease: Lease) -> bool:
-        """Run one job; True if its objective returned (whatever its status), False if it raised."""
-        with self._lock:
-            self._lease = lease
+    def run_lease(self, lease: Lease) -> None:
+        """Run one job and record its result; a job whose objective raised counts towards
+        ``max_consecutive_failures``."""
+        doc = self.retry.call(lambda: self.trials.document(lease), "read job")
+        if doc is None:
+            log.warning("job %s of %s: deleted before it ran", lease.tid, lease.exp_key)
+            return
+        log.info("job %s of %s: start (attempt %d)", lease.tid, lease.exp_key, lease.attempt)
+        ctrl = MongoCtrl(trials=MongoTrials(self.mj, exp_key=doc.get("exp_key"), refresh=False),
+                         read_only=False, current_trial=doc)
+        t0, ok = time.monotonic(), True
         try:
-            doc = decode(self.retry.call(lambda: self.mj.jobs.find_one({"_id": lease.id}), "read job"))
-            log.info("job %s of %s: start (attempt %d)", lease.tid, lease.exp_key, lease.attempt)
-            ctrl = MongoCtrl(trials=MongoTrials(self.mj, exp_key=doc.get("exp_key"), refresh=False),
-                             read_only=False, current_trial=doc)
-            t0 = time.monotonic()
-            ok = True
-            try:
-                evaluate = self.kind.job_objective(doc, ctrl, self.config.allow_pickle)
-                workdir = self._workdir(doc)
-                created = not os.path.exists(workdir)
-                os.makedirs(workdir, exist_ok=True)
+            result = self._evaluate(doc, ctrl)
+        except Shutdown:
+            self.hand_back(lease, "worker shutdown", "worker stopping")
+            return
+        except Exception as exc:  # noqa: BLE001 - the job's failure is recorded; the worker goes on
+            ok = False
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            result = failure_result("exception", f"{type(exc).__name__}: {text}"[:500], traceback.format_exc())
+        self.failures = 0 if ok else self.failures + 1
+        extra = {"duration_s": round(time.monotonic() - t0, 3)}
+        if self.retry.call(lambda: self.trials.finish(lease, result, extra), "report result"):
+            self.trials_done += 1
+            log.info("job %s: %s", lease.tid, "ok" if ok else f"failed: {result['failure']['reason']}")
+        else:
+            log.warning("job %s: finished by another worker meanwhile; this result is dropped", lease.tid)
+
+    def _evaluate(self, doc: dict, ctrl: MongoCtrl) -> dict:
+        """The job's objective, run in its working directory; its attachments go through ``ctrl``."""
+        evaluate = self.kind_of_job.job_objective(doc, ctrl, self.config.allow_pickle)
+        workdir = self._workdir(doc)
+        created = not os.path.exists(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        try:
+            with job_workdir(workdir):
+                self._in_objective = True
                 try:
-                    with job_workdir(workdir):
-                        self._in_objective = True
-                        try:
-                            if self.stopping:
-                                raise Shutdown("worker stopping")
-                            result = evaluate()
-                        finally:
-                            self._in_objective = False
+                    if self.stopping:
+                        raise Shutdown("worker stopping")
+                    result = evaluate()
                 finally:
-                    if created and self.config.workdir is None:
-                        _remove_if_empty(workdir)  # a job directory the job left nothing in
-                for name, blob in list(result.pop("attachments", {}).items()):
-                    ctrl.attachments[name] = blob
-            except Shutdown:
-                if self.retry.call(lambda: self.trials.release(lease, "worker shutdown"), "hand the job back"):
-                    log.info("job %s handed back to the queue (worker stopping)", lease.tid)
-                return True
-            except Exception as exc:  # noqa: BLE001 - the job's failure is recorded; the worker goes on
-                ok = False
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                result = failure_result("exception", f"{type(exc).__name__}: {text}"[:500], traceback.format_exc())
-            extra = {"duration_s": round(time.monotonic() - t0, 3)}
-            if self.retry.call(lambda: self.trials.finish(lease, result, extra), "report result"):
-                self.jobs_done += 1
-                log.info("job %s: %s", lease.tid, "ok" if ok else f"failed: {result['failure']['reason']}")
-            else:
-                log.warning("job %s: finished by another worker meanwhile; this result is dropped", lease.tid)
-            return ok
+                    self._in_objective = False
         finally:
-            with self._lock:
-                self._lease = None
+            if created and self.config.workdir is None:
+                _remove_if_empty(workdir)  # a job directory the job left nothing in
+        for name, blob in list(result.pop("attachments", {}).items()):
+            ctrl.attachments[name] = blob
+        return result
 
 
 def _remove_if_empty(path: str) -> None:
@@ -244,6 +178,4 @@ def _remove_if_empty(path: str) -> None:
 
 def install_signal_handlers(worker: HyperoptWorker) -> None:
     """First SIGTERM/SIGINT/SIGHUP: hand the running job back and leave; a second one: exit at once."""
-    from .worker import install_signal_handlers as install
-
-    install(worker, "job", ("SIGTERM", "SIGINT", "SIGHUP"))
+    _install(worker)
