@@ -212,6 +212,104 @@ class _LeaseKeeper(threading.Thread):
                 log.warning("study %s: coordinator heartbeat failed (%s); retrying", self.study, type(exc).__name__)
 
 
+class _StudyRun:
+    """One run of one study by one coordinator, under the study's coordinator lease (``Coordinator.run``):
+    fmin with the study's algorithm, its trials behind the budget fence, expired leases reaped while it
+    polls, progress shown, and the study's status and best trial recorded at the end."""
+
+    def __init__(self, coord: "Coordinator", study: Study, token: str, keeper: _LeaseKeeper, *,
+                 progress: Callable[[Snapshot], None] | None, stop: threading.Event | None, progress_every_s: float):
+        self.coord, self.study, self.token, self.keeper = coord, study, token, keeper
+        self.progress, self.stop, self.progress_every_s = progress, stop, progress_every_s
+        self.retry = FOREVER
+        self.started = time.monotonic()
+        self.reap_every = max(0.5, min(5.0, study.lease_s / 4.0))
+        self.reaped_at = self.shown_at = 0.0
+
+    def _claim(self, n: int) -> bool:
+        s = self.study
+        return self.retry.call(lambda: self.coord.studies.claim_trials(s.name, self.token, n, s.max_evals),
+                               "claim trials")
+
+    def fence(self, n: int) -> None:
+        """Before inserting ``n`` trials: still the study's coordinator, and within budget?"""
+        studies, name, token, retry = self.coord.studies, self.study.name, self.token, self.retry
+        if not self.keeper.lost.is_set() and self._claim(n):
+            return
+        if self.keeper.lost.is_set() or not retry.call(lambda: studies.beat_coordinator(name, token),
+                                                       "check the study lease"):
+            raise CoordinatorLost(f"study {name!r} was taken over by another coordinator")
+        # the count may be ahead of the documents (a retried increment whose reply was lost):
+        # as the only coordinator, re-count what exists and try once more
+        existing = retry.call(lambda: self.coord.trials.count(self.study.exp_key), "count trials")
+        if existing + n <= self.study.max_evals and retry.call(
+                lambda: studies.reset_created(name, token, existing), "reset the trial count") and self._claim(n):
+            return
+        raise CoordinatorLost(f"study {name!r} already has its {self.study.max_evals} trials")
+
+    def on_poll(self, trials: _StudyTrials) -> None:
+        """While fmin polls: reap expired leases, show progress, and end the run when asked or taken over."""
+        c, study, now = self.coord, self.study, time.monotonic()
+        if now - self.reaped_at >= self.reap_every:
+            self.reaped_at = now
+            self.retry.call(lambda: c.trials.expire({study.exp_key: (study.lease_s, study.max_attempts)}),
+                            "requeue expired trials")
+        if self.progress and now - self.shown_at >= self.progress_every_s:
+            self.shown_at = now
+            self.progress(self.retry.call(lambda: snapshot(c.trials, c.workers, study, self.started, view=trials),
+                                          "read progress"))
+        if (self.stop is not None and self.stop.is_set()) or self.keeper.lost.is_set():
+            trials._fmin_cancelled = True
+
+    def drive(self, space, suggest) -> CoordinatorLost | None:
+        """Queue the study's missing trials and wait for them; the CoordinatorLost that ended it, if any."""
+        c, study, retry, name = self.coord, self.study, self.retry, self.study.name
+        n_existing = retry.call(lambda: c.trials.count(study.exp_key), "count trials")
+        retry.call(lambda: c.studies.reset_created(name, self.token, n_existing), "reset the trial count")
+        remaining = max(0, study.max_evals - n_existing)
+        retry.call(lambda: c.studies.update(name, status="running"), "update study")
+        handle = c.trials.hyperopt_jobs(gridfs.GridFS(c.db), retry)
+        trials = _StudyTrials(handle, exp_key=study.exp_key, pickle_domain=False, on_poll=self.on_poll,
+                              poll_every_s=0.0, retry=retry, space=space, fence=self.fence)
+        queue_cache: dict = {}
+        it = _ElasticFMinIter(
+            suggest, base.Domain(_never_called, space), trials,
+            rstate=np.random.default_rng(study.seed + n_existing), max_evals=study.max_evals,
+            poll_interval_secs=c.poll_s, verbose=False, show_progressbar=False,
+            queue_policy=lambda: c._queue_target(study, queue_cache, trials))
+        log.info("study %s: %d trials exist, queuing %d more (%s)", name, n_existing, remaining, study.algo)
+        lost = None
+        try:
+            it.run(remaining, block_until_done=True)
+        except CoordinatorLost as exc:
+            if self.keeper.lost.is_set() or "taken over" in str(exc):
+                lost = exc
+            else:  # the budget is spent: wait for what is queued, as fmin would
+                it.block_until_done()
+        if self.keeper.lost.is_set() and lost is None:
+            lost = CoordinatorLost(f"study {name!r} was taken over by another coordinator")
+        return lost
+
+    def conclude(self, lost: CoordinatorLost | None) -> Snapshot:
+        """The study's last snapshot; unless it was taken over, its status and best trial recorded and its
+        lease released."""
+        c, study, retry = self.coord, self.study, self.retry
+        snap = retry.call(lambda: snapshot(c.trials, c.workers, study, self.started), "read progress")
+        if lost is None:
+            complete = (snap.finished >= study.max_evals or c._exhausted(study, snap)) and not (
+                snap.counts["queued"] or snap.counts["running"])
+            best = None
+            if snap.best_tid is not None:
+                best = {"tid": snap.best_tid, "loss": snap.best_loss, "params": snap.best_params,
+                        "metric": snap.best_metric}
+            retry.call(lambda: c.studies.update(study.name, status="done" if complete else "interrupted",
+                                                best=best), "update study")
+            retry.call(lambda: c.studies.release_coordinator(study.name, self.token), "release the study")
+        if self.progress:
+            self.progress(snap)
+        return snap
+
+
 class Coordinator:
     """Create, run, resume and inspect studies in one MongoDB database."""
 
@@ -319,82 +417,13 @@ class Coordinator:
         study = self.studies.get(name)  # re-read: a `resume --max-evals` may have raised the budget
         keeper = _LeaseKeeper(self.studies, name, token, COORDINATOR_LEASE_S / 6)
         keeper.start()
-        retry = FOREVER
-        started = time.monotonic()
-        reap_every = max(0.5, min(5.0, study.lease_s / 4.0))
-        state = {"reap": 0.0, "progress": 0.0}
-
-        def claim(n: int) -> bool:
-            return retry.call(lambda: self.studies.claim_trials(name, token, n, study.max_evals), "claim trials")
-
-        def fence(n: int) -> None:
-            """Before inserting ``n`` trials: still the study's coordinator, and within budget?"""
-            if not keeper.lost.is_set() and claim(n):
-                return
-            if keeper.lost.is_set() or not retry.call(lambda: self.studies.beat_coordinator(name, token),
-                                                      "check the study lease"):
-                raise CoordinatorLost(f"study {name!r} was taken over by another coordinator")
-            # the count may be ahead of the documents (a retried increment whose reply was lost):
-            # as the only coordinator, re-count what exists and try once more
-            existing = retry.call(lambda: self.trials.count(study.exp_key), "count trials")
-            if existing + n <= study.max_evals and retry.call(
-                    lambda: self.studies.reset_created(name, token, existing), "reset the trial count") and claim(n):
-                return
-            raise CoordinatorLost(f"study {name!r} already has its {study.max_evals} trials")
-
-        def on_poll(trials):
-            now = time.monotonic()
-            if now - state["reap"] >= reap_every:
-                state["reap"] = now
-                retry.call(lambda: self.trials.expire({study.exp_key: (study.lease_s, study.max_attempts)}),
-                           "requeue expired trials")
-            if progress and now - state["progress"] >= progress_every_s:
-                state["progress"] = now
-                progress(retry.call(lambda: snapshot(self.trials, self.workers, study, started, view=trials),
-                                    "read progress"))
-            if (stop is not None and stop.is_set()) or keeper.lost.is_set():
-                trials._fmin_cancelled = True
-
+        run = _StudyRun(self, study, token, keeper, progress=progress, stop=stop, progress_every_s=progress_every_s)
         lost = None
         try:
-            n_existing = retry.call(lambda: self.trials.count(study.exp_key), "count trials")
-            retry.call(lambda: self.studies.reset_created(name, token, n_existing), "reset the trial count")
-            remaining = max(0, study.max_evals - n_existing)
-            retry.call(lambda: self.studies.update(name, status="running"), "update study")
-            handle = self.trials.hyperopt_jobs(gridfs.GridFS(self.db), retry)
-            trials = _StudyTrials(handle, exp_key=study.exp_key, pickle_domain=False, on_poll=on_poll,
-                                  poll_every_s=0.0, retry=retry, space=space, fence=fence)
-            queue_cache: dict = {}
-            it = _ElasticFMinIter(
-                suggest, base.Domain(_never_called, space), trials,
-                rstate=np.random.default_rng(study.seed + n_existing), max_evals=study.max_evals,
-                poll_interval_secs=self.poll_s, verbose=False, show_progressbar=False,
-                queue_policy=lambda: self._queue_target(study, queue_cache, trials))
-            log.info("study %s: %d trials exist, queuing %d more (%s)", name, n_existing, remaining, study.algo)
-            try:
-                it.run(remaining, block_until_done=True)
-            except CoordinatorLost as exc:
-                if keeper.lost.is_set() or "taken over" in str(exc):
-                    lost = exc
-                else:  # the budget is spent: wait for what is queued, as fmin would
-                    it.block_until_done()
-            if keeper.lost.is_set() and lost is None:
-                lost = CoordinatorLost(f"study {name!r} was taken over by another coordinator")
+            lost = run.drive(space, suggest)
         finally:
             keeper.halt.set()
-            snap = retry.call(lambda: snapshot(self.trials, self.workers, study, started), "read progress")
-            if lost is None:
-                complete = (snap.finished >= study.max_evals or self._exhausted(study, snap)) and not (
-                    snap.counts["queued"] or snap.counts["running"])
-                best = None
-                if snap.best_tid is not None:
-                    best = {"tid": snap.best_tid, "loss": snap.best_loss, "params": snap.best_params,
-                            "metric": snap.best_metric}
-                retry.call(lambda: self.studies.update(name, status="done" if complete else "interrupted",
-                                                       best=best), "update study")
-                retry.call(lambda: self.studies.release_coordinator(name, token), "release the study")
-            if progress:
-                progress(snap)
+            snap = run.conclude(lost)
         if lost is not None:
             raise lost
         return snap
