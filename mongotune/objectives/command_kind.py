@@ -30,7 +30,7 @@ class CommandKind(ObjectiveKind):
         raise ConfigError("a command study needs a name: give --study NAME")
 
     def _settings(self, opts: LaunchOptions, space: dict | None):
-        from .command import make_settings
+        from .command_settings import make_settings
 
         if not opts.metric:
             raise ConfigError("a command study needs --metric NAME (what the command prints, e.g. val_accuracy)")
