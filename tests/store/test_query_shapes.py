@@ -282,3 +282,39 @@ def test_curve_reads_see_the_study_as_a_full_read_does(mongo_url):
     assert {t: (c.values, c.finished) for t, c in second.trials.items()} == {
         1: ({1: 0.9, 2: 0.8}, True), 2: ({1: 0.7}, True), 3: ({1: 0.6, 2: 0.5}, False)}
     coord.close()
+
+
+def test_curve_reads_keep_the_pruned_flag_and_the_latest_run(mongo_url):
+    coord, study, _ = _view(mongo_url)
+    store = coord.trials
+    _queue(store, 1, 2)
+    first = store.reserve(W1, [A])
+    store.report(first, 1, 0.9, 1.0)
+    store.release(first, "worker shutdown")  # run again: its curve starts again
+    again = store.reserve(W1, [A])
+    assert again.tid == 1
+    store.report(again, 1, 0.4, 1.0)
+    store.finish(again, {"loss": 0.4, "pruned": True, "pruned_at": 1})
+    running = store.reserve(W1, [A])
+    store.report(running, 1, 0.7, 1.0)
+    finished, newest = store.finished_curves(A)
+    assert [(c.tid, [p["value"] for p in c.points], c.finished, c.pruned) for c in finished] == [(1, [0.4], True, True)]
+    assert newest == _doc(store, 1)["refresh_time"]
+    assert store.finished_curves(A, newest) == ([], None)  # nothing finished since
+    (live,) = store.running_curves(A)
+    assert (live.tid, [p["value"] for p in live.points], live.finished, live.pruned) == (2, [0.7], False, False)
+    assert store.running_curves(B) == []
+    coord.close()
+
+
+def test_busy_workers_are_read_from_the_running_trials(mongo_url):
+    coord, study, _ = _view(mongo_url)
+    store = coord.trials
+    _queue(store, 1)
+    _queue(store, 2, exp_key=B)
+    store.reserve(W1, [A])
+    store.reserve({**W1, "id": "w2"}, [B])
+    assert store.busy_workers() == {"w1", "w2"}
+    assert store.busy_workers(besides=A) == {"w2"}  # the coordinator of A counts its own from its view
+    assert set(store.active(A)) == {_doc(store, 1)["_id"]} and len(store.active(None)) == 2
+    coord.close()
