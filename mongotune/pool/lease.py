@@ -41,7 +41,7 @@ import uuid
 
 import pymongo.errors
 
-from ..store._connection import is_transient
+from ..store._connection import RetryPolicy, is_transient
 from ..store.studies import EXP_KEY_PREFIX
 from ..store.trialdoc import DEFAULT_LEASE_S, Lease, TrialStore, new_token
 from ..store.workers import WorkerRegistry
@@ -81,6 +81,7 @@ class LeaseWorker:
 
     trials: TrialStore
     registry: WorkerRegistry
+    retry: RetryPolicy
 
     def __init__(self, *, gpu: str | None, reap_every_s: float, idle_timeout: float | None):
         self.gpu, self.reap_every_s, self.idle_timeout = gpu, reap_every_s, idle_timeout
