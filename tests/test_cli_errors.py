@@ -79,8 +79,21 @@ FAST_ERRORS = {
                                               "--grid-points"),
     "command: no metric": (CMD[:7], "needs --metric"),
     "command: no name": (["launch", *CMD[3:]], "needs a name"),
-    "command: model options": (["launch", "baseline", "--metric", "acc"], "--metric only apply to --command"),
+    "command: model options": (["launch", "baseline", "--timeout", "5m"], "--timeout only apply to --command"),
     # a --model-fn study
+    # several objectives and constraints (issue 22)
+    "metric named twice": (CMD + ["--metric", "acc:max"], "--metric acc is given twice"),
+    "unknown direction": (CMD[:-1] + ["acc:up"], "unknown direction 'up'", "NAME:max or NAME:min"),
+    "constraint on a metric never reported": (["launch", "baseline", "--constraint", "latency<=3"],
+                                              "never reports 'latency'", "inference_ms"),
+    "constraint without a bound": (CMD + ["--constraint", "acc<=big"], "'big' is not a number"),
+    "single-objective algorithm": (CMD + ["--metric", "size:min", "--algo", "tpe"], "--algo tpe searches one "
+                                   "objective", "optuna-tpe or nsga2"),
+    "nsga2 with one objective": (CMD + ["--algo", "nsga2"], "--algo nsga2 searches several objectives"),
+    "keras: metric it does not report": (["launch", "baseline", "--metric", "acc"], "reports val_accuracy",
+                                         "not 'acc'"),
+    "keras: first metric not the monitored one": (["launch", "baseline", "--metric", "params", "--metric",
+                                                   "val_accuracy"], "the first --metric", "val_accuracy:max"),
     "model-fn: bad reference": (["launch", "--model-fn", "not a ref", "--space", "SPACE"], "--model-fn",
                                 "package.module:function"),
     "model-fn: unknown dataset": (["launch", "--model-fn", "m:f", "--space", "SPACE", "--dataset", "imagenet9"],

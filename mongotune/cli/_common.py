@@ -16,8 +16,8 @@ from ..errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distributed hyper-parameter tuning on a MongoDB-backed pool of GPU workers.")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, emoji=False)  # ":up:" in a name or a message stays as written
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 MONGO_HELP = ("MongoDB URL (mongodb://user@host:port/db, password from $MONGOTUNE_MONGO_PASSWORD or "
               "$MONGOTUNE_MONGO_PASSWORD_FILE; or hyperopt's mongo://host:port/db/jobs). Default: "

@@ -119,10 +119,18 @@ LAUNCH_OPTIONS = [
     ("param", list[str], typer.Option([], "--param", rich_help_panel=OWN,
                                       help="A searched param of --command (repeat): lr:1e-4:1e-1:log, "
                                       "layers:1:6:int, drop:0:0.5:q=0.05, opt:adam,sgd, epochs:20.")),
-    ("metric", Optional[str], typer.Option(None, "--metric", rich_help_panel=OWN, help="The metric --command "
-                                           "prints (name=value, name: value or JSON lines).")),
+    ("metric", list[str], typer.Option([], "--metric", help="An objective, NAME[:max|:min] (repeat for several: "
+                                       "the first is the one trials report each step and pruning judges; "
+                                       "search them with --algo optuna-tpe or nsga2). A --command study's "
+                                       "metrics are what it prints (name=value, name: value or JSON lines); a "
+                                       "Keras study's: val_accuracy or val_loss first (as --loss says), then "
+                                       "params, inference_ms, train_seconds.")),
+    ("constraint", list[str], typer.Option([], "--constraint", help="Keep a metric within a bound, 'NAME<=BOUND' "
+                                           "or 'NAME>=BOUND' (repeat for several; --algo optuna-tpe or nsga2): "
+                                           "trials that break one are marked infeasible and the search avoids "
+                                           "them.")),
     ("goal", str, typer.Option("max", "--goal", rich_help_panel=OWN,
-                               help="Is a higher (max) or lower (min) --metric better.")),
+                               help="Is a higher (max) or lower (min) --metric better, where it does not say.")),
     ("metric_agg", str, typer.Option("last", "--metric-agg", rich_help_panel=OWN,
                                      help="A trial's value from its readings: last, max, min or mean.")),
     ("timeout", Optional[str], typer.Option(None, "--timeout", rich_help_panel=OWN,

@@ -119,7 +119,7 @@ class _Run:
     """One child of a trial, read until it ends or has to stop (see ``run_command``)."""
 
     def __init__(self, settings: CommandSettings, ctx, proc: subprocess.Popen, token: str, logs: tuple[str, str],
-                 poll_s: float):
+                 poll_s: float, extra_metrics: tuple[str, ...] = ()):
         self.settings, self.ctx, self.proc, self.token, self.poll_s = settings, ctx, proc, token, poll_s
         self.lines: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
         self.pumps = [threading.Thread(target=pump, args=(stream, path, name, self.lines), daemon=True,
@@ -129,6 +129,7 @@ class _Run:
             t.start()
         self.parser = MetricParser(settings.metric)
         self.readings = Readings()
+        self.extra = {name: (MetricParser(name), Readings()) for name in extra_metrics if name != settings.metric}
         self.reporter = Reporter(ctx)
         self.last_stdout: deque[str] = deque(maxlen=5)
         self.latest: str | None = None
@@ -169,6 +170,8 @@ class _Run:
                 self.latest = line
                 if source == "stdout":
                     self.last_stdout.append(line)
+            if source == "stdout":
+                self.take_extra(line)
             reading = self.parser.parse(line) if source == "stdout" else None
             if reading is None:
                 continue
@@ -178,6 +181,13 @@ class _Run:
             if self.reporter.offer(*reading):
                 return "pruned", reading
         return None
+
+    def take_extra(self, line: str) -> None:
+        """The study's other metrics (its other objectives, its constraints'): their readings, kept as they come."""
+        for parser, readings in self.extra.values():
+            reading = parser.parse(line)
+            if reading is not None:
+                readings.add(*reading)
 
     def check(self) -> tuple[str, None] | None:
         if self.ctx.should_stop():
@@ -218,7 +228,8 @@ class _Run:
                 pass
 
 
-def run_command(settings: CommandSettings, params: dict, ctx, *, poll_s: float = 0.05) -> dict:
+def run_command(settings: CommandSettings, params: dict, ctx, *, poll_s: float = 0.05,
+                extra_metrics: tuple[str, ...] = ()) -> dict:
     """Run one trial of a command study and return its result (see the module docstring).
 
     Raises TrialFailure (``exec``, ``exit``, ``timeout``, ``no-metric``, ``nan``,
@@ -238,7 +249,7 @@ def run_command(settings: CommandSettings, params: dict, ctx, *, poll_s: float =
         json.dump({"argv": argv, "cwd": cwd, "params": params}, fh, default=format_value, indent=1)
     token = uuid.uuid4().hex
     proc, guard = start(argv, cwd, child_env(settings, params, ctx, token), token)
-    run = _Run(settings, ctx, proc, token, logs, poll_s)
+    run = _Run(settings, ctx, proc, token, logs, poll_s, extra_metrics)
     try:
         stop = run.read()
         if stop is None or stop[0] != "pruned":
@@ -257,7 +268,7 @@ def _outcome(settings: CommandSettings, run: _Run, stop: tuple[str, Any] | None,
     elapsed = time.monotonic() - run.started
     kind, reading = stop if stop is not None else (None, None)
     if kind == "pruned":
-        raise TrialPruned(reading[0], reading[1], result=_result(settings, run.readings, elapsed, None))
+        raise TrialPruned(reading[0], reading[1], result=_result(settings, run, elapsed, None))
     if kind == "interrupted":
         raise TrialFailure("interrupted", "trial stopped: lease lost or worker shutting down; "
                                           "the command was terminated")
@@ -281,11 +292,13 @@ def _outcome(settings: CommandSettings, run: _Run, stop: tuple[str, Any] | None,
         raise TrialFailure("no-metric", f"command printed no {settings.metric} reading (expected lines like "
                                         f"'{settings.metric}=0.9', '{settings.metric}: 0.9' or a JSON object); "
                                         f"last stdout lines: {shown[-TAIL_CHARS:]}{_stderr_note(err_log)}")
-    return _result(settings, run.readings, elapsed, returncode)
+    return _result(settings, run, elapsed, returncode)
 
 
-def _result(settings: CommandSettings, readings: Readings, elapsed: float, returncode: int | None) -> dict:
-    """The trial's result from its readings: the metric aggregated as asked, and the loss to minimise."""
+def _result(settings: CommandSettings, run: _Run, elapsed: float, returncode: int | None) -> dict:
+    """The trial's result from its readings: the metric aggregated as asked, and the loss to minimise; the
+    study's other metrics, each its last reading (``metrics.score`` fails a trial that lacks one)."""
+    readings = run.readings
     metric = readings.value(settings.aggregate)
     result = {
         "status": "ok",
@@ -295,6 +308,9 @@ def _result(settings: CommandSettings, readings: Readings, elapsed: float, retur
         "last_step": readings.last[0],
         "duration_s": round(elapsed, 3),
     }
+    for name, (_, extra) in run.extra.items():
+        if extra.count:
+            result[name] = extra.value("last")
     if returncode is not None:
         result["exit_code"] = returncode
     return result
@@ -311,4 +327,6 @@ def run(study, params: dict, ctx) -> dict:
         settings = CommandSettings.from_study(study)
     except ConfigError as exc:
         raise TrialFailure("config", str(exc)) from None
-    return run_command(settings, params, ctx)
+    from .metrics import reported_metrics
+
+    return run_command(settings, params, ctx, extra_metrics=tuple(reported_metrics(study)))

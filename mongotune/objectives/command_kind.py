@@ -32,10 +32,19 @@ class CommandKind(ObjectiveKind):
     def _settings(self, opts: LaunchOptions, space: dict | None):
         from .command_settings import make_settings
 
+        from .metrics import parse_metric
+
         if not opts.metric:
             raise ConfigError("a command study needs --metric NAME (what the command prints, e.g. val_accuracy)")
-        return make_settings(opts.command, metric=opts.metric, params=opts.param, space=space, goal=opts.goal,
+        first = parse_metric(opts.metric[0], opts.goal)
+        return make_settings(opts.command, metric=first["name"], params=opts.param, space=space, goal=first["goal"],
                              aggregate=opts.metric_agg, timeout=opts.timeout, workdir=opts.workdir, cwd=opts.cwd)
+
+    def known_metrics(self, opts: LaunchOptions) -> dict[str, str] | None:
+        return None  # a command prints what it prints: any name it prints in metric lines
+
+    def launch_metric(self, opts: LaunchOptions) -> dict | None:
+        return None
 
     def check(self, opts: LaunchOptions, space: dict | None) -> None:
         _, full_space = self._settings(opts, space)

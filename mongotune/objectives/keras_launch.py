@@ -69,6 +69,11 @@ def _check_data(opts: LaunchOptions, name: str) -> None:
     DataSpec.from_dict({"name": name, "seed": opts.split_seed or 0, **given})
 
 
+#: what a Keras trial reports that a study may take as an objective or a constraint, with its direction
+KERAS_METRICS = {"val_accuracy": "max", "val_loss": "min", "params": "min", "inference_ms": "min",
+                 "train_seconds": "min"}
+
+
 class KerasKind(ObjectiveKind):
     """A built-in model of the zoo, with its recipe's defaults (``mongotune recipes``)."""
 
@@ -111,6 +116,14 @@ class KerasKind(ObjectiveKind):
         if opts.epochs is not None:
             return opts.epochs
         return recipe.epochs if recipe else DEFAULT_EPOCHS
+
+    def known_metrics(self, opts: LaunchOptions) -> dict[str, str] | None:
+        return dict(KERAS_METRICS)
+
+    def launch_metric(self, opts: LaunchOptions) -> dict | None:
+        recipe = self._recipe(opts) if opts.model is not None else None
+        loss = opts.loss or (recipe.loss if recipe else "neg_val_accuracy")
+        return {"name": "val_loss", "goal": "min"} if loss == "val_loss" else {"name": "val_accuracy", "goal": "max"}
 
     def training(self, opts: LaunchOptions, seed: int, **recipe) -> Training:
         """Each trial's training from the options (``recipe``: the recipe's epochs, patience, loss, weights)."""

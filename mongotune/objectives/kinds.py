@@ -33,7 +33,7 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import ConfigError, TrialFailure
+from ..errors import ConfigError, TrialFailure, TrialPruned
 
 if TYPE_CHECKING:  # pragma: no cover
     from .launch import Built, LaunchOptions
@@ -82,6 +82,16 @@ class ObjectiveKind:
     def launch_max_epochs(self, opts: "LaunchOptions") -> int | None:
         """The most steps a trial of this launch runs (Hyperband needs it), known without heavy imports."""
         return None
+
+    def known_metrics(self, opts: "LaunchOptions") -> dict[str, str] | None:
+        """The metrics this kind's trials report, each with the goal it has unless ``--metric`` says (what
+        ``--metric`` and ``--constraint`` may name); None: any name (a command prints what it prints)."""
+        return {str(self.default_metric["name"]): str(self.default_metric["goal"])}
+
+    def launch_metric(self, opts: "LaunchOptions") -> dict | None:
+        """The metric this launch's trials monitor (their curve, the pruner's), known without heavy imports:
+        the first ``--metric`` must be it; None: the first ``--metric`` names it (a command's)."""
+        return dict(self.default_metric)
 
     def check(self, opts: "LaunchOptions", space: dict | None) -> None:
         """Everything about the options that can be checked without TensorFlow, numpy, pymongo, hyperopt or a
@@ -134,11 +144,18 @@ class ObjectiveKind:
 
     def run(self, study, params: dict, ctx) -> Any:
         """One trial: the result (``{"status": "ok", "loss": ..., ...}``) or a bare loss; raises
-        ``TrialFailure`` (recorded, the worker goes on) or ``TrialPruned``."""
+        ``TrialFailure`` (recorded, the worker goes on) or ``TrialPruned``.  The result holds the study's
+        ``losses`` and ``constraints`` where it has several objectives or constraints (``metrics.score``)."""
+        from .metrics import score
+
         if self.test_only and not test_kinds_enabled():
             raise TrialFailure("config", f"the {self.name!r} objective is for mongotune's own tests and runs only "
                                          f"where they set {TEST_SWITCH}=1; this worker refuses it")
-        return self.runner_function()(study, params, ctx)
+        try:
+            return score(study, self.runner_function()(study, params, ctx))
+        except TrialPruned as pruned:
+            pruned.result = score(study, pruned.result, pruned=True)
+            raise
 
     def runner_function(self) -> Callable:
         module, _, fn = self.runner.partition(":")

@@ -26,7 +26,7 @@ SEED_BITS = 31
 #: JSON space kinds with no finite set of values of their own (a grid needs --grid-points for them)
 _UNBOUNDED = ("uniform", "loguniform", "normal", "qnormal", "lognormal")
 #: the options only command studies take
-COMMAND_OPTIONS = ("param", "metric", "timeout", "workdir")
+COMMAND_OPTIONS = ("param", "timeout", "workdir")
 
 
 @dataclass
@@ -71,7 +71,8 @@ class LaunchOptions:
     seed: int | None = None  # None: drawn fresh (recorded in the study)
     command: str | None = None
     param: list[str] = field(default_factory=list)
-    metric: str | None = None
+    metric: list[str] = field(default_factory=list)  # --metric NAME[:max|:min], repeatable: the objectives
+    constraint: list[str] = field(default_factory=list)  # --constraint 'NAME<=BOUND', repeatable
     goal: str = "max"
     metric_agg: str = "last"
     timeout: str | None = None
@@ -168,6 +169,24 @@ def core_settings(opts: LaunchOptions, kind: ObjectiveKind) -> dict:
     return core
 
 
+def objective_settings(opts: LaunchOptions, kind: ObjectiveKind) -> dict:
+    """The study's ``metrics`` (several objectives; None: one) and ``constraints`` from ``--metric`` and
+    ``--constraint``, checked without any heavy import: each name one the kind reports, no name twice, a
+    direction of max or min, the first the metric the kind's trials monitor, an algorithm that searches them."""
+    from .metrics import check_algorithm, parse_constraint, parse_metrics
+
+    known, what = kind.known_metrics(opts), f"{kind.name} study"
+    metrics = parse_metrics(list(opts.metric or []), opts.goal, known, what)
+    monitored = kind.launch_metric(opts)
+    if metrics and monitored is not None and metrics[0] != monitored:
+        raise ConfigError(f"--metric {metrics[0]['name']}:{metrics[0]['goal']}: the first --metric of a {what} is "
+                          f"the metric its trials monitor, {monitored['name']}:{monitored['goal']} here")
+    reported = dict(known) if known is not None else None
+    constraints = [parse_constraint(c, reported, what) for c in opts.constraint or []]
+    check_algorithm(opts.algo, max(len(metrics), 1), len(constraints))
+    return {"metrics": metrics if len(metrics) > 1 else None, "constraints": constraints}
+
+
 def search_settings(opts: LaunchOptions) -> dict:
     """The study's ``search`` setting from the options given (the others stay the algorithm's defaults);
     imports hyperopt."""
@@ -182,6 +201,8 @@ def search_settings(opts: LaunchOptions) -> dict:
         if key not in ALGORITHMS[opts.algo][1]:
             users = [a for a, (_, spec) in ALGORITHMS.items() if key in spec]
             raise ConfigError(f"{flags[key]} applies to --algo {' and '.join(users)}, not --algo {opts.algo}")
+    if len(opts.metric or []) > 1:  # several objectives: the search models each (the options were checked)
+        given["objectives"] = len(opts.metric)
     return {"algo": opts.algo, **check_options(opts.algo, given)}
 
 
@@ -233,6 +254,7 @@ def plan_launch(opts: LaunchOptions, progress=None) -> LaunchPlan:
     space = load_space_file(opts.space) if opts.space else None
     kind.check(opts, space)  # the model, the function, the command: what the user named first
     core = core_settings(opts, kind)
+    core.update(objective_settings(opts, kind))
     check_grid(opts, space)
     core["search"] = search_settings(opts)
     built = kind.build(opts, core, space)

@@ -63,6 +63,8 @@ def suggest_for(study: Study, space=None):
     search = dict(study.search)
     if search.get("fidelity") == "rung":  # the model reads the curves: they go the study's way
         search["goal"] = study.goal
+    if len(study.objectives) > 1:  # several objectives: the search models each (results hold ``losses``)
+        search.setdefault("objectives", len(study.objectives))
     return from_search(search, space=space)
 
 

@@ -58,6 +58,7 @@ from ..store._url import parse_mongo_url
 from ..store.studies import Study, StudyStore
 from ..store.trialdoc import CURVE_MAX_POINTS, Lease, RunCurve, TrialStore, failure_result, validate_result
 from ..store.workers import WorkerRegistry
+from .checkpoints import TrialCheckpoints
 from .lease import LeaseWorker, heartbeat_interval, install_signal_handlers  # noqa: F401 (the CLI's import)
 from .spool import Spool, spool_dir
 
@@ -65,6 +66,11 @@ log = logging.getLogger("mongotune.worker")
 
 STUDIES_REFRESH_S = 2.0
 REPORT_RETRY = RetryPolicy(max_wait_s=5.0, log_every_s=60.0)  # a curve point must not stall training for long
+
+
+def idle_backoff(empty_looks: int, poll_min_s: float = 0.05, poll_max_s: float = 0.25) -> float:
+    """Seconds an idle worker waits after its ``empty_looks``-th look in a row at an empty queue."""
+    return min(poll_min_s * 1.5 ** min(empty_looks, 60), poll_max_s)
 
 
 @dataclass
@@ -155,6 +161,8 @@ class Worker(LeaseWorker):
         self._curves: dict[str, _CurveCache] = {}
         self._pruners: dict[str, Pruner] = {}
         self._pruned_by: dict[int, dict] = {}  # tid -> why the pruner stopped it
+        self._stores: dict[str, object] = {}  # study name -> its artifact store (store.artifacts)
+        self._checkpoints: dict[int, TrialCheckpoints] = {}  # tid -> the running trial's checkpoints
 
     # ------------------------------------------------------------ the lease loop's questions
     def registration(self) -> dict:
@@ -177,7 +185,7 @@ class Worker(LeaseWorker):
             self.flush_spool()
 
     def idle_wait(self, empty_looks: int) -> float:
-        return min(self.config.poll_min_s * 1.5 ** min(empty_looks, 60), self.config.poll_max_s)
+        return idle_backoff(empty_looks, self.config.poll_min_s, self.config.poll_max_s)
 
     def lease_terms(self, exp_key) -> tuple[float, int] | None:
         if self.config.study and exp_key != f"mongotune:{self.config.study}":
@@ -251,7 +259,7 @@ class Worker(LeaseWorker):
             bases = {safepath.resolved(safepath.study_dir(r, study.name)) for r in roots}
             ranked = self.trials.ranked(study.exp_key, include_pruned=True,
                                         fields=["tid", "exp_key", "state", "result.loss", "result.status",
-                                                "result.pruned", "artifacts"])
+                                                "result.pruned", "result.constraints", "artifacts"])
         except (ConfigError, OSError, pymongo.errors.PyMongoError):
             return  # a bad name never names a directory; the database: next time
         for rec in ranked[keep:]:
@@ -281,9 +289,7 @@ class Worker(LeaseWorker):
         from .. import safepath
         from ..errors import ConfigError
 
-        root = self.artifacts_root
-        if study.artifacts_root and _under(study.artifacts_root, self.allowed_roots):
-            root = Path(os.path.expanduser(study.artifacts_root))
+        root = self._local_root(study)
         try:
             base = safepath.study_dir(root, study.name)
             path = base / f"trial-{int(lease.tid):05d}" / f"attempt-{int(lease.attempt)}"
@@ -295,6 +301,31 @@ class Worker(LeaseWorker):
         except (ConfigError, TypeError, ValueError) as exc:
             raise TrialFailure("config", f"no artifact directory for this trial: {exc}") from None
         return path
+
+    def _local_root(self, study: Study) -> Path:
+        """Where this worker writes the study's files: the study's shared root if it may, else its own."""
+        if study.artifacts_root and _under(study.artifacts_root, self.allowed_roots):
+            return Path(os.path.expanduser(study.artifacts_root))
+        return self.artifacts_root
+
+    def _trial_checkpoints(self, study: Study, lease: Lease) -> TrialCheckpoints | None:
+        """The trial's checkpoints in the study's artifact store (opened once per study), or None if it has
+        none this worker can open (the trial then runs without)."""
+        from ..errors import ConfigError
+        from ..store.artifacts import ArtifactError, open_store
+
+        if study.name not in self._stores:
+            try:
+                self._stores[study.name] = open_store(study.artifact_store, self.db, study.name,
+                                                      self._local_root(study))
+            except (ArtifactError, ConfigError) as exc:
+                log.warning("study %s: no checkpoints: %s", study.name, exc)
+                self._stores[study.name] = None
+        store = self._stores[study.name]
+        cp = None if store is None else TrialCheckpoints(store, self.trials, lease, self.retry)
+        if cp is not None:
+            self._checkpoints[lease.tid] = cp
+        return cp
 
     def _check_paths(self, study: Study) -> None:
         """Files a study names are read only inside this worker's allowed roots."""
@@ -387,6 +418,7 @@ class Worker(LeaseWorker):
             self._check_paths(study)
             art = self._artifacts_dir(study, lease)
             ctx.artifacts_dir = str(art)
+            ctx.checkpoints = self._trial_checkpoints(study, lease)
             self.retry.call(lambda: self.trials.record_artifacts(lease, self.host, str(art)), "record artifacts")
             result = validate_result(kind_for_trial(study).run(study, lease.params, ctx))
         except TrialPruned as p:
@@ -436,6 +468,7 @@ class Worker(LeaseWorker):
         """Record how the attempt ended.  ``extra`` holds its artifacts: the result, the curve and the files
         of one attempt stay together, even when a result is taken after its lease expired."""
         tid = lease.tid
+        checkpoints = self._checkpoints.pop(tid, None)
         if self.heartbeat_dead() and not lease.lost.is_set() and _interrupted(result):
             err = self.heartbeat_error
             self.hand_back(lease, f"heartbeat thread died: {type(err).__name__}: {err}", "the heartbeat thread died",
@@ -452,6 +485,8 @@ class Worker(LeaseWorker):
         extra = {"duration_s": round(duration, 3), "worker": self.info, "owner": self.id, **extra}
         if self.spool.deliver(lease, result, extra):
             self.trials_done += 1
+            if checkpoints is not None:
+                checkpoints.discard()
             self._keep_best_models(study)
             if result.get("pruned"):
                 log.info("trial %s: pruned at step %s, loss %.5g (%.1fs)", tid, result.get("pruned_at"),

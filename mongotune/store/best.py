@@ -2,8 +2,9 @@
 
 The best trial has the lowest loss (what the search minimises) among the
 trials that ran to their end.  A pruned trial, whose loss is the one it had
-when it was stopped, is the best only when no trial ran to its end.  Ties go
-to the earlier trial.  ``status``, the first row of ``leaderboard``, the
+when it was stopped, is the best only when no trial ran to its end.  In a
+study with constraints, a trial that violates one (``feasible``) is the best
+only when no trial meets them all.  Ties go to the earlier trial.  ``status``, the first row of ``leaderboard``, the
 report, the dashboard, ``final``, the coordinator's record of the study's
 best and the models a worker keeps all rank trials with ``rank_key``.
 
@@ -34,15 +35,26 @@ def finite(v) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def rank_key(loss: float | None, pruned: bool, tid: int) -> tuple | None:
-    """Where a finished trial ranks (lower is better): trials that ran to their end before pruned ones,
-    then by loss, then by tid.  None for a trial without a finite loss (failed, queued, running)."""
+def feasible(result: dict | None) -> bool:
+    """Does a finished trial meet its study's constraints?  Its ``result.constraints`` holds one value per
+    constraint, <= 0 when satisfied; a trial without them (a study without constraints) is feasible."""
+    values = (result or {}).get("constraints")
+    if not isinstance(values, list):
+        return True
+    return all((v := finite(c)) is not None and v <= 0 for c in values)
+
+
+def rank_key(loss: float | None, pruned: bool, tid: int, infeasible: bool = False) -> tuple | None:
+    """Where a finished trial ranks (lower is better): feasible trials before infeasible ones, then trials
+    that ran to their end before pruned ones, then by loss, then by tid.  None for a trial without a finite
+    loss (failed, queued, running)."""
     loss = finite(loss)
-    return None if loss is None else (bool(pruned), loss, tid)
+    return None if loss is None else (bool(infeasible), bool(pruned), loss, tid)
 
 
 def ranked(items: Iterable[T], facts: Callable[[T], tuple]) -> list[T]:
-    """``items`` that have a finite loss, best first; ``facts(item)`` gives ``(loss, pruned, tid)``."""
+    """``items`` that have a finite loss, best first; ``facts(item)`` gives ``(loss, pruned, tid)`` or
+    ``(loss, pruned, tid, infeasible)``."""
     keyed = [(key, i, item) for i, item in enumerate(items) if (key := rank_key(*facts(item))) is not None]
     return [item for _, _, item in sorted(keyed, key=lambda k: (k[0], k[1]))]
 

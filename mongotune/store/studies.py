@@ -100,7 +100,9 @@ class Study:
     max_evals: int
     objective: dict  # {"kind": ..., the kind's own settings}
     space: dict | None = None  # resolved JSON space (None only in studies written before it was stored)
-    metric: dict = field(default_factory=lambda: {"name": "loss", "goal": "min"})
+    metric: dict = field(default_factory=lambda: {"name": "loss", "goal": "min"})  # the (first) objective
+    metrics: list | None = None  # several objectives: [{name, goal}, ...], ``metric`` the first; None: one
+    constraints: list = field(default_factory=list)  # [{metric, op: "<=" | ">=", bound}]
     search: dict = field(default_factory=lambda: {"algo": ALGORITHM})  # algorithm and its options
     pruner: dict | None = None  # {"kind": "median"|"asha"|"hyperband", ...options}; None: no pruning
     lease_s: float = DEFAULT_LEASE_S
@@ -108,6 +110,7 @@ class Study:
     queue_spare: int | None = None  # trials queued beyond the idle workers; None: spare_for(live workers)
     seed: int = 0
     artifacts_root: str | None = None  # optional shared root; each worker decides whether it may use it
+    artifact_store: str | None = None  # checkpoints' store: auto (None), local or gridfs (store.artifacts)
     status: str = "created"
     created: datetime.datetime | None = None
     updated: datetime.datetime | None = None
@@ -131,6 +134,11 @@ class Study:
     def goal(self) -> str:
         return str(self.metric.get("goal", "min"))
 
+    @property
+    def objectives(self) -> list[dict]:
+        """The study's objectives, ``[{name, goal}, ...]``: its ``metrics``, or its one ``metric``."""
+        return [dict(m) for m in self.metrics] if self.metrics else [dict(self.metric)]
+
     # ------------------------------------------------------------ checks
     def validate(self) -> "Study":
         if not _NAME.match(self.name or ""):
@@ -141,15 +149,22 @@ class Study:
             raise ConfigError("a study needs an objective with a 'kind'")
         if self.metric.get("goal") not in GOALS or not self.metric.get("name"):
             raise ConfigError(f"the metric needs a name and a goal of min or max, got {self.metric}")
+        _check_objectives(self.metric, self.metrics, self.constraints)
         if self.queue_spare is not None and self.queue_spare < 0:
             raise ConfigError(f"--queue-spare must be >= 0, got {self.queue_spare}")
         if self.lease_s <= 0 or self.max_attempts < 1:
             raise ConfigError("--lease must be > 0 seconds and --max-attempts >= 1")
+        from .artifacts import check_kind
+
+        check_kind(self.artifact_store)
         return self
 
     # ------------------------------------------------------------ documents
     def to_doc(self) -> dict:
         doc = asdict(self)
+        for key in ("metrics", "constraints"):  # a study of one metric is stored as it always was
+            if not doc[key]:
+                del doc[key]
         doc["_id"] = self.name
         doc["exp_key"] = self.exp_key
         return doc
@@ -158,6 +173,29 @@ class Study:
     def from_doc(cls, doc: dict) -> "Study":
         doc = _upgrade(decode(doc))
         return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
+
+def _check_objectives(metric: dict, metrics: list | None, constraints: list) -> None:
+    """Several objectives: each a name and a goal, no name twice, ``metric`` the first; each constraint a
+    metric, ``<=`` or ``>=`` and a finite bound."""
+    import math
+
+    if metrics is not None:
+        if not isinstance(metrics, list) or not metrics:
+            raise ConfigError(f"the metrics must be a non-empty list, got {metrics!r}")
+        for m in metrics:
+            if not isinstance(m, dict) or not m.get("name") or m.get("goal") not in GOALS:
+                raise ConfigError(f"each metric needs a name and a goal of min or max, got {m!r}")
+        names = [m["name"] for m in metrics]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a metric is named twice: {', '.join(names)}")
+        if {"name": metric.get("name"), "goal": metric.get("goal")} != {"name": names[0], "goal": metrics[0]["goal"]}:
+            raise ConfigError("the study's metric must be the first of its metrics")
+    for c in constraints if isinstance(constraints, list) else [constraints]:
+        ok = isinstance(c, dict) and isinstance(c.get("metric"), str) and c["metric"] and c.get("op") in ("<=", ">=")
+        bound = c.get("bound") if isinstance(c, dict) else None
+        if not ok or isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
+            raise ConfigError(f"a constraint needs a metric, <= or >= and a finite bound, got {c!r}")
 
 
 #: the objective kind of stock hyperopt ``fmin`` jobs (run by ``mongotune hyperopt-worker``): no study document

@@ -22,6 +22,10 @@ transition      applies to                          effect
 ``finish``      running under this lease, or        done with the result (ok, fail or pruned)
                 queued/running after this lease     and the attempt's artifacts; a late result
                 expired (first finished wins)       also moves its run's points to the end
+``checkpoint``  running, this lease                 the pointer to its latest complete checkpoint
+                                                    (the previous pointer returned, to delete)
+``resume``      running, this lease                 the checkpointed run's points up to its step
+                                                    carried into this run (the curve continues)
 ``release``     running, this lease                 queued again, no attempt counted
 ``requeue``     running or error (operator)         queued again with the reason
 ``expire``      running, heartbeat older than       queued again (attempt counted) or failed
@@ -75,7 +79,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._codec import decode, encode
 from ._defaults import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS  # noqa: F401 (part of this module's API)
-from .best import metric_value, pick_best
+from .best import feasible, metric_value, pick_best
 from .best import ranked as by_rank
 
 log = logging.getLogger("mongotune.trials")
@@ -165,6 +169,7 @@ class TrialRecord(BaseModel):
     duration_s: float | None = None
     progress: dict | None = None
     artifacts: ArtifactsRef | None = None
+    checkpoint: dict | None = None  # the latest complete checkpoint (pool.checkpoints): prefix, step, lease, files
     requeues: list[dict] = Field(default_factory=list)
     lease_expiries: list[dict] = Field(default_factory=list)
     version: int = 0
@@ -193,8 +198,8 @@ class TrialRecord(BaseModel):
 
     @property
     def rank_facts(self) -> tuple:
-        """``(loss, pruned, tid)``: what ``best.rank_key`` ranks a trial by."""
-        return self.loss, self.outcome == "pruned", self.tid
+        """``(loss, pruned, tid, infeasible)``: what ``best.rank_key`` ranks a trial by."""
+        return self.loss, self.outcome == "pruned", self.tid, not feasible(self.result)
 
     def metric_value(self, name: str) -> float | None:
         """The trial's value of the study's metric ``name`` (``best.metric_value``); None unless ok or pruned."""
@@ -549,6 +554,38 @@ class TrialStore:
         return self.jobs.count_documents({"exp_key": lease.exp_key, "tid": lease.tid,
                                           "requeues.token": lease.token}, limit=1) == 1
 
+    # ------------------------------------------------------------ checkpoints
+    def record_checkpoint(self, lease: Lease, ref: dict) -> tuple[bool, dict | None]:
+        """Point the trial at its new complete checkpoint ``ref``: (lease held, the pointer it replaced)."""
+        before = self.jobs.find_one_and_update(lease.filter, {"$set": {"checkpoint": encode(ref)}},
+                                               projection=["checkpoint"], return_document=pymongo.ReturnDocument.BEFORE)
+        return before is not None, decode(before.get("checkpoint")) if before else None
+
+    def checkpoint_of(self, lease: Lease) -> dict | None:
+        doc = self.jobs.find_one(lease.filter, projection=["checkpoint"])
+        ref = doc.get("checkpoint") if doc else None
+        return decode(ref) if isinstance(ref, dict) else None
+
+    def resume_curve(self, lease: Lease, ref: dict) -> bool:
+        """The run that wrote checkpoint ``ref`` continues as this lease's: its points up to the checkpoint's
+        step are retagged with this lease (each keeps its attempt), so the trial's last run shows each step
+        once; its points after the step (epochs this run trains again) stay behind as an earlier run."""
+        doc = self.jobs.find_one(lease.filter, projection=["curve"])
+        if doc is None:
+            return False
+        tag, old, step = lease.token[:12], ref.get("lease"), int(ref.get("step") or 0)
+        curve = [p for p in doc.get("curve") or [] if isinstance(p, dict)]
+        carried = [p.get("lease") == old and isinstance(p.get("step"), int) and p["step"] <= step for p in curve]
+        moved = [dict(p, lease=tag) for p, c in zip(curve, carried) if c]
+        rest = [p for p, c in zip(curve, carried) if not c and p.get("lease") != tag]
+        mine = [p for p in curve if p.get("lease") == tag]
+        return self.jobs.update_one(lease.filter, {"$set": {"curve": rest + moved + mine}}).matched_count == 1
+
+    def forget_checkpoint(self, exp_key: str, tid: int, prefix: str) -> bool:
+        """Drop the pointer of a finished trial's checkpoint (its objects deleted), if it is still ``prefix``."""
+        return self.jobs.update_one({"exp_key": exp_key, "tid": tid, "checkpoint.prefix": prefix},
+                                    {"$unset": {"checkpoint": ""}}).matched_count == 1
+
     def record_artifacts(self, lease: Lease, host: str, path: str) -> bool:
         ref = ArtifactsRef(host=host, path=path).model_dump()
         return self.jobs.update_one(lease.filter, {"$set": {"artifacts": ref}}).matched_count == 1
@@ -677,7 +714,8 @@ class TrialStore:
 
         def facts(d: dict) -> tuple:
             r = d.get("result") or {}
-            return r.get("loss") if r.get("status") == "ok" else None, bool(r.get("pruned")), d["tid"]
+            return (r.get("loss") if r.get("status") == "ok" else None, bool(r.get("pruned")), d["tid"],
+                    not feasible(r))
 
         best = pick_best(done, facts)
         return (counts, _record(best) if best is not None else None,

@@ -552,3 +552,14 @@ def test_readings_the_pruner_needs_are_not_coalesced_away(tmp_path):
     run_command(settings([PY, job]), {}, ctx)
     steps = [s for s, _ in ctx.steps]
     assert rungs <= set(steps) and steps[-1] == 3000 and len(steps) < 100
+
+
+def test_a_study_of_several_metrics_takes_each_from_the_output(tmp_path):
+    """issue 22: every objective's and constraint's metric is read from the lines (its last reading)."""
+    job = script(tmp_path, 'print("acc=0.5 size=7")\nprint("acc: 0.75")\nprint(\'{"size": 3, "lat": 2}\')\n')
+    s = settings([PY, job], metric="acc", goal="max")
+    study = SimpleNamespace(objective=s.objective_doc(), metric=s.metric_doc(),
+                            objectives=[s.metric_doc(), {"name": "size", "goal": "min"}],
+                            constraints=[{"metric": "lat", "op": "<=", "bound": 1.0}])
+    res = run(study, {}, Ctx(tmp_path / "t"))
+    assert res["acc"] == 0.75 and res["size"] == 3 and res["lat"] == 2 and res["loss"] == -0.75
