@@ -32,6 +32,38 @@ def _seed(st) -> int | None:
         return st.seed
 
 
+def _front_summary(trials, st) -> dict:
+    """A study of several objectives or with constraints: its objectives, constraints, Pareto front (each
+    member's values) and how many trials break a constraint."""
+    front, infeasible = trials.front(st.exp_key, st.objectives)
+    names = [str(o["name"]) for o in st.objectives]
+    return {"objectives": st.objectives, "constraints": st.constraints, "infeasible": infeasible,
+            "front": [{"tid": r.tid, "values": {n: r.metric_value(n) for n in names}} for r in front]}
+
+
+def _front_lines(several: dict) -> list[str]:
+    """The front as ``status`` prints it: its size, then one line per member (at most FRONT_LINES)."""
+    if not several:
+        return []
+    from ..store.pareto import constraint_text
+
+    lines = []
+    if several["constraints"]:
+        lines.append(f"constraints: {', '.join(constraint_text(c) for c in several['constraints'])}; "
+                     f"{several['infeasible']} finished trial(s) infeasible (break one)")
+    if len(several["objectives"]) > 1:
+        front = several["front"]
+        lines.append(f"Pareto front: {len(front)} trial(s)" + (":" if front else ""))
+        for m in front[:FRONT_LINES]:
+            lines.append(f"  trial {m['tid']}: " + ", ".join(f"{k}={fmt(v)}" for k, v in m["values"].items()))
+        if len(front) > FRONT_LINES:
+            lines.append(f"  ... and {len(front) - FRONT_LINES} more (mongotune leaderboard --pareto)")
+    return lines
+
+
+FRONT_LINES = 10  # members of the front `status` lists
+
+
 @app.command()
 def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
            as_json: bool = JsonOpt):
@@ -48,11 +80,12 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
             trials = TrialStore(db, db[parsed.collection])
             st = StudyStore(db).resolve(name, trials)
             snap = snapshot(trials, WorkerRegistry(db), st)
+            several = _front_summary(trials, st) if st.metrics or st.constraints else {}
         finally:
             client.close()
     if as_json:
         print_json({**snap.as_dict(), "status": st.status, "objective": st.kind, "algo": st.algo,
-                    "pruner": st.pruner, "metric": st.metric, "seed": _seed(st)})
+                    "pruner": st.pruner, "metric": st.metric, "seed": _seed(st), **several})
         return
     seed = _seed(st)
     out.print(Text.assemble("study ", (str(st.name), "bold"), f": {_describe(st)}, status {st.status}"
@@ -61,6 +94,8 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
     if snap.best_params is not None:
         out.print(lit(f"best: {best_text(snap)}, loss {snap.best_loss:.5g}: "
                       + json.dumps(snap.best_params, default=str)))
+    for line in _front_lines(several):
+        out.print(lit(line))
     if snap.running:
         t = Table(title="running trials")
         for col in ("tid", "attempt", "worker", "gpu", "step", "heartbeat age", "progress"):
@@ -119,16 +154,30 @@ def _best(trials, study) -> dict | None:
             "pruned": rec.outcome == "pruned", "params": rec.param_values}
 
 
+def _constraints_text(summary: dict) -> str:
+    """``; constraints params<=2e+06`` for a study that has them (and how many trials break one)."""
+    from ..store.pareto import constraint_text
+
+    constraints = summary.get("constraints") or []
+    if not constraints:
+        return ""
+    broken = f", {summary['infeasible']} infeasible" if "infeasible" in summary else ""
+    return f"; constraints {', '.join(constraint_text(c) for c in constraints)}{broken}"
+
+
 @app.command()
 def leaderboard(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
                 top: int = typer.Option(10, help="How many trials."),
                 pruned: bool = typer.Option(False, "--pruned", help="Rank pruned trials too."),
+                pareto: bool = typer.Option(False, "--pareto", help="The whole Pareto front instead: the trials "
+                                            "that ran to their end, meet every constraint and that no other "
+                                            "such trial beats in every objective."),
                 as_json: bool = JsonOpt):
-    """The best trials of a study with their params and metrics."""
+    """The best trials of a study with their params and metrics (or its Pareto front)."""
     with _user_errors(), _mongo(mongo) as url:
         from ..report.leaderboard import leaderboard as board
 
-        summary, rows = board(url, name, top, include_pruned=pruned)
+        summary, rows = board(url, name, top, include_pruned=pruned, pareto=pareto)
     if as_json:
         print_json({**summary, "trials": rows})
         return
@@ -137,8 +186,11 @@ def leaderboard(name: str = typer.Argument(..., help="Study name."), mongo: Opti
     c = summary["counts"]
     metric = str(summary["metric"].get("name") or "loss")
     goal = "higher" if summary["metric"].get("goal") == "max" else "lower"
-    out.print(lit(f"leaderboard of {name}: {metric}, {goal} is better"))
-    out.print(lit(f"{c['ok']} ok, {c['pruned']} pruned, {c['failed'] + c['error']} failed, {c['running']} running"))
+    out.print(lit(f"leaderboard of {name}: {metric}, {goal} is better" if not pareto else
+                  f"Pareto front of {name}: {summary['front']} trial(s), objectives "
+                  + ", ".join(f"{o['name']} ({o['goal']})" for o in summary.get("objectives") or [summary["metric"]])))
+    out.print(lit(f"{c['ok']} ok, {c['pruned']} pruned, {c['failed'] + c['error']} failed, {c['running']} running"
+                  + _constraints_text(summary)))
     lines = board_lines(rows, metric, out.width)
     for line in lines or ["no finished trial yet"]:
         out.print(lit(line), overflow="ignore", crop=False)

@@ -23,32 +23,52 @@ MAX_NAME = 14  # characters of a parameter's name before it is abbreviated
 GAP = "  "
 
 
-def leaderboard(url: str, name: str, top: int = 10, *, include_pruned: bool = False) -> tuple[dict, list[dict]]:
+def leaderboard(url: str, name: str, top: int = 10, *, include_pruned: bool = False,
+                pareto: bool = False) -> tuple[dict, list[dict]]:
     """``(summary, rows)``: the study's metric and trial counts, and its best trials, best first.
 
     Each row holds the trial's loss, the study metric's value read from the
     trial's result (never derived from the loss), epochs, seconds per epoch
     and params (nested, as the trial has them); pruned trials are left out
-    unless ``include_pruned`` or no trial ran to its end.
+    unless ``include_pruned`` or no trial ran to its end.  A study of several
+    objectives adds each one's value (``values``), a study with constraints
+    whether the trial meets them (``feasible``; infeasible trials rank last).
+    ``pareto``: the rows are the study's whole Pareto front, in trial order
+    (``TrialStore.front``), however many.
     """
     client, db, parsed = open_client(url)
     try:
         trials = TrialStore(db, db[parsed.collection])
         study = StudyStore(db).resolve(name, trials)
-        metric = str(study.metric.get("name") or "loss")
-        rows = []
-        # the first row is the study's best: a pruned trial when none ran to its end (store.best's rule)
-        ranked = (trials.ranked(study.exp_key, top, include_pruned=include_pruned)
-                  or trials.ranked(study.exp_key, top, include_pruned=True))
-        for rec in ranked:
-            r = rec.result
-            rows.append({"tid": rec.tid, "loss": rec.loss, "metric": rec.metric_value(metric),
-                         "outcome": rec.outcome, "pruned_at": r.get("pruned_at"), "epochs": r.get("epochs"),
-                         "seconds_per_epoch": r.get("seconds_per_epoch"), "params": rec.param_values})
-        counts = trials.counts(study.exp_key)
-        return {"study": name, "objective": study.kind, "metric": study.metric, "counts": counts.as_dict()}, rows
+        if pareto:
+            ranked, infeasible = trials.front(study.exp_key, study.objectives)
+        else:
+            # the first row is the study's best: a pruned trial when none ran to its end (store.best's rule)
+            ranked = (trials.ranked(study.exp_key, top, include_pruned=include_pruned)
+                      or trials.ranked(study.exp_key, top, include_pruned=True))
+        rows = [_row(rec, study) for rec in ranked]
+        summary = {"study": name, "objective": study.kind, "metric": study.metric,
+                   "counts": trials.counts(study.exp_key).as_dict()}
+        if study.metrics or study.constraints:
+            summary.update(objectives=study.objectives, constraints=study.constraints)
+        if pareto:
+            summary.update(front=len(rows), infeasible=infeasible)
+        return summary, rows
     finally:
         client.close()
+
+
+def _row(rec, study) -> dict:
+    """One trial's row (see ``leaderboard``)."""
+    r = rec.result
+    row = {"tid": rec.tid, "loss": rec.loss, "metric": rec.metric_value(str(study.metric.get("name") or "loss")),
+           "outcome": rec.outcome, "pruned_at": r.get("pruned_at"), "epochs": r.get("epochs"),
+           "seconds_per_epoch": r.get("seconds_per_epoch"), "params": rec.param_values}
+    if study.metrics:
+        row["values"] = {str(o["name"]): rec.metric_value(str(o["name"])) for o in study.objectives}
+    if study.constraints:
+        row["feasible"] = rec.feasible
+    return row
 
 
 # ---------------------------------------------------------------- text layout
@@ -98,7 +118,11 @@ def _key_columns(rows: list[dict], metric: str) -> tuple[list[Column], list[Colu
     keys = [Column("#", [str(i) for i in range(1, len(rows) + 1)], True),
             Column("trial", [trial(r) for r in rows], False),
             Column(abbreviate(metric, 20), [_value(r.get("metric")) for r in rows], True)]
-    once = [] if metric == "loss" else [Column("loss", [_value(r.get("loss")) for r in rows], True)]
+    once = [Column(abbreviate(n, 20), [_value((r.get("values") or {}).get(n)) for r in rows], True)
+            for n in list(rows[0].get("values") or {})[1:]]  # a study's other objectives
+    if any("feasible" in r for r in rows):
+        once.append(Column("feasible", ["yes" if r.get("feasible", True) else "NO" for r in rows], False))
+    once += [] if metric == "loss" else [Column("loss", [_value(r.get("loss")) for r in rows], True)]
     for key, head in (("epochs", "epochs"), ("seconds_per_epoch", "s/epoch")):
         if any(r.get(key) is not None for r in rows):
             once.append(Column(head, [_value(r.get(key)) for r in rows], True))

@@ -197,6 +197,11 @@ class TrialRecord(BaseModel):
         return self.result.get("failure") if self.outcome == "failed" else None
 
     @property
+    def feasible(self) -> bool:
+        """Does the trial meet its study's constraints (``best.feasible``; a study without any: always)?"""
+        return feasible(self.result)
+
+    @property
     def rank_facts(self) -> tuple:
         """``(loss, pruned, tid, infeasible)``: what ``best.rank_key`` ranks a trial by."""
         return self.loss, self.outcome == "pruned", self.tid, not feasible(self.result)
@@ -734,6 +739,19 @@ class TrialStore:
             q["result.pruned"] = {"$ne": True}
         rows = by_rank((_record(doc) for doc in self.jobs.find(q, projection=fields)), lambda r: r.rank_facts)
         return rows if top is None else rows[:top]
+
+    def front(self, exp_key: str, objectives: list[dict]) -> tuple[list[TrialRecord], int]:
+        """``(front, infeasible)``: the study's Pareto front (``store.pareto``: the trials that ran to their end,
+        meet every constraint and that no other such trial dominates), in trial order, and how many finished
+        trials break a constraint."""
+        from .pareto import front, losses_of
+
+        q = {"exp_key": exp_key, "state": DONE, "result.status": "ok"}
+        rows = [_record(doc) for doc in self.jobs.find(q, projection=["tid", "exp_key", "state", "params", "misc.vals",
+                                                                      "result"])]
+        rows.sort(key=lambda r: r.tid)
+        complete = [r for r in rows if r.outcome == "ok" and r.feasible]
+        return front(complete, lambda r: losses_of(r.result, objectives)), sum(1 for r in rows if not r.feasible)
 
     def best(self, exp_key: str, *, fields: list[str] | None = None) -> TrialRecord | None:
         """The study's best trial (``best.rank_key``: a pruned one only when no trial ran to its end)."""
