@@ -46,6 +46,7 @@ class TrialContext:
     report_step: Callable[[int, float], bool] = lambda step, value: False  # True: the pruner says stop
     set_progress: Callable[[dict], None] = lambda info: None  # shown by status/dashboard
     device_memory_bytes: int | None = None
+    checkpoints: object | None = None  # pool.checkpoints.TrialCheckpoints: save/restore in the study's store
     extra: dict = field(default_factory=dict)
 
     def check_stop(self) -> None:

@@ -33,6 +33,8 @@ class Training:
     keep_models: int = 3  # the best K trials keep their model.keras; the others' are deleted as the study goes
     tensorboard: bool = True
     seed: int = 0  # the study's seed: each trial's weights and sample draw from seed and trial id
+    checkpoints: bool = True  # save model and optimizer at the end of epochs; a requeued trial resumes
+    checkpoint_every: float = 0.0  # at most one checkpoint per this many seconds (0: every epoch)
 
     def validate(self) -> "Training":
         if self.loss not in LOSSES:
