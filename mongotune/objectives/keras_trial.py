@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrialFailure, TrialPruned
+from . import keras_checkpoint
 from .keras_cost import model_cost, trainable_params
 from .keras_settings import LOSSES, NATIVE_SHAPES, SWITCHES, KerasSettings, Training, input_shape_of  # noqa: F401
 
@@ -220,17 +221,21 @@ class _Run:
     started: float  # after the backend was configured: what train_seconds counts from
     monitor: object = None
     history: dict | None = None
+    start_epoch: int = 0  # epochs done before this attempt (resumed from a checkpoint)
 
 
 def train_trial(study, params: dict, ctx) -> dict:
     """The ``keras`` kind's trial: build and compile the study's model for ``params``, fit it with early
     stopping, reporting each epoch's monitored metric (pruning), evaluate it, write its artifacts."""
     run, y_train = _prepare(KerasSettings.of(study), params, ctx)
-    _fit(run, y_train, params, ctx)
+    resumed = keras_checkpoint.restore(run, ctx, _seed(run.training, ctx))
+    _fit(run, y_train, params, ctx, resumed)
     if run.monitor.pruned_at is not None:
         _pruned(run)
     result = _evaluate(run, int(params.get("batch_size", 32)))
     result["train_seconds"] = time.perf_counter() - run.started
+    if run.start_epoch:
+        result["resumed_from_epoch"] = run.start_epoch
     _save(run, result)
     _clear_session()
     return result
@@ -246,7 +251,7 @@ def _prepare(settings: KerasSettings, params: dict, ctx) -> tuple[_Run, object]:
     env = configure_backend(training.mixed_precision, training.xla)
     started = time.perf_counter()
     ds = load(DataSpec.from_dict(settings.dataset))
-    seed = int(training.seed) * 100003 + int(ctx.tid)
+    seed = _seed(training, ctx)
     keras.utils.set_random_seed(seed % (2**31))
     model_def, model, coarse = build_for(settings, params, ds)
     est = memory_guard(model, params)
@@ -257,7 +262,11 @@ def _prepare(settings: KerasSettings, params: dict, ctx) -> tuple[_Run, object]:
     return run, y_train
 
 
-def _fit(run: _Run, y_train, params: dict, ctx) -> None:
+def _seed(training: Training, ctx) -> int:
+    return int(training.seed) * 100003 + int(ctx.tid)
+
+
+def _fit(run: _Run, y_train, params: dict, ctx, resumed: dict | None = None) -> None:
     """``model.fit`` with the trial's monitor and early stopping; a failure of the trial raised as one."""
     import keras
 
@@ -266,9 +275,12 @@ def _fit(run: _Run, y_train, params: dict, ctx) -> None:
     monitor_metric = "val_loss" if training.loss == "val_loss" else (
         "val_accuracy" if len(heads) == 1 else f"val_{heads[0]}_accuracy")
     run.monitor = _make_callback_class()(ctx, training.epochs, monitor_metric)
-    early = keras.callbacks.EarlyStopping(monitor=monitor_metric, mode="min" if monitor_metric == "val_loss" else "max",
-                                          patience=training.patience, restore_best_weights=True)
-    callbacks = [run.monitor, early]
+    run.monitor.epoch_seconds = list((resumed or {}).get("epoch_seconds", []))
+    early = keras_checkpoint.early_stopping(resumed, monitor=monitor_metric, patience=training.patience,
+                                            mode="min" if monitor_metric == "val_loss" else "max",
+                                            restore_best_weights=True)
+    saver = keras_checkpoint.callback(run, ctx, early, resumed)
+    callbacks = [run.monitor, early, *([saver] if saver else [])]
     if run.art is not None:
         run.art.mkdir(parents=True, exist_ok=True)
         (run.art / "params.json").write_text(json.dumps(params, indent=2, default=str))
@@ -276,13 +288,15 @@ def _fit(run: _Run, y_train, params: dict, ctx) -> None:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.art / "tensorboard"), write_graph=False))
     try:
         hist = run.model.fit(run.x_train, y_train, batch_size=batch_size, epochs=training.epochs,
-                             validation_data=(run.x_val, run.y_val), callbacks=callbacks, verbose=0, shuffle=True)
+                             validation_data=(run.x_val, run.y_val), callbacks=callbacks, verbose=0, shuffle=True,
+                             initial_epoch=run.start_epoch)
     except Exception as exc:
         name = type(exc).__name__
         if name == "ResourceExhaustedError" or "out of memory" in str(exc).lower() or "OOM" in str(exc):
             raise TrialFailure("oom", f"out of memory while training (batch {batch_size}): {name}") from None
         raise
-    run.history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    before = (resumed or {}).get("history", {})
+    run.history = {k: [*before.get(k, []), *map(float, vals)] for k, vals in hist.history.items()}
     if run.monitor.stopped_by_ctx:
         raise TrialFailure("interrupted", "training stopped: lease lost or worker shutting down")
     if run.monitor.nan_at is not None:
