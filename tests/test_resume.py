@@ -3,6 +3,7 @@ checkpoint by a worker with another HOME and another artifact root (the study's 
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -107,3 +108,56 @@ def test_a_truncated_checkpoint_is_never_loaded(mongo_url, tmp_path):
     assert doc["result"]["status"] == "ok" and "resumed_from_epoch" not in doc["result"]
     last = [p for p in doc["curve"] if p["lease"] == doc["curve"][-1]["lease"]]
     assert [p["step"] for p in last] == list(range(1, EPOCHS + 1)) and {p["attempt"] for p in last} == {2}
+
+
+TRAIN = r'''
+import json, os, sys, time
+ck = os.environ["MONGOTUNE_CHECKPOINT_DIR"]
+state = os.path.join(ck, "state.json")
+start = json.load(open(state))["epoch"] if os.path.exists(state) else 0
+print(json.dumps({"resumed": os.environ["MONGOTUNE_RESUMED"], "from": start}), file=sys.stderr, flush=True)
+for epoch in range(start + 1, int(sys.argv[1]) + 1):
+    time.sleep(0.4)
+    print(json.dumps({"step": epoch, "score": epoch / 100}), flush=True)  # the reading first, then the checkpoint
+    with open(state + ".tmp", "w") as fh:
+        json.dump({"epoch": epoch}, fh)
+    os.replace(state + ".tmp", state)
+'''
+
+
+def test_a_killed_command_trial_resumes_from_its_checkpoint_dir_on_another_host(mongo_url, tmp_path):
+    import sys
+
+    from mongotune.objectives.command_settings import CommandSettings
+
+    steps = 20
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    settings = CommandSettings(command=[sys.executable, str(script), str(steps)], metric="score", checkpoint_every=1)
+    StudyStore(db_of(mongo_url)).create(Study(name="cmd", max_evals=1, objective=settings.objective_doc(),
+                                              metric=settings.metric_doc(), lease_s=4.0, artifact_store="gridfs"))
+    queue_trials(mongo_url, "cmd", [{"x": 1}])
+    db = db_of(mongo_url)
+
+    def worker(i):
+        home = tmp_path / f"home{i}"
+        return mongotune("worker", "--mongo", mongo_url, "--study", "cmd", "--allow-user-code",
+                         "--artifacts", tmp_path / f"art{i}", log=tmp_path / f"w{i}.log",
+                         extra_env={"MONGOTUNE_HOME": home, "HOME": home})
+
+    killed = _kill_after_checkpoint(db, worker(1), "cmd", 3)
+    k = killed["checkpoint"]["step"]
+    assert 3 <= k < steps, log_text(tmp_path / "w1.log")[-3000:]
+    second = worker(2)
+    try:
+        doc = wait_for(lambda: (d := db.jobs.find_one({"exp_key": "mongotune:cmd"})) and d["state"] == 2 and d,
+                       200, 0.2, what="the trial to finish on the second worker")
+    finally:
+        stop(second)
+    assert doc["result"]["status"] == "ok" and doc["result"]["score"] == pytest.approx(steps / 100), doc["result"]
+    err = (tmp_path / "art2" / "cmd" / "trial-00001" / "attempt-2" / "stderr.log").read_text()
+    resumed_from = json.loads(err.splitlines()[0])
+    assert resumed_from["resumed"] == "1" and k <= resumed_from["from"] < steps
+    last = [p for p in doc["curve"] if p["lease"] == doc["curve"][-1]["lease"]]
+    assert [p["step"] for p in last] == list(range(1, steps + 1))  # each step once
+    assert {p["attempt"] for p in last} == {1, 2} and [p["attempt"] for p in last].count(2) < steps

@@ -47,7 +47,11 @@ Environment of the child
     ``MONGOTUNE_STUDY``, ``MONGOTUNE_ATTEMPT``, ``MONGOTUNE_PARAMS`` (JSON),
     ``MONGOTUNE_TRIAL_DIR`` (the attempt's artifact directory, also the
     working directory unless the study has a ``workdir``) and
-    ``PYTHONUNBUFFERED=1`` (so Python scripts' prints arrive as they happen).
+    ``PYTHONUNBUFFERED=1`` (so Python scripts' prints arrive as they happen),
+    ``MONGOTUNE_CHECKPOINT_DIR`` (a directory kept in the study's artifact
+    store: restored before the command starts, uploaded every
+    ``checkpoint_every`` seconds when it changed and at exit) and
+    ``MONGOTUNE_RESUMED`` (``1`` when it was restored: see ``command_checkpoint``).
     Every ``MONGOTUNE_MONGO*`` variable of the worker (the database's URL, its
     password, the files holding them) is removed.
 
@@ -79,6 +83,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import ConfigError, TrialFailure, TrialPruned
+from .command_checkpoint import CheckpointDir
 from .command_metrics import AGGREGATIONS, MetricParser, Readings, Reporter, aggregate  # noqa: F401
 from .command_output import QUEUE_BATCHES, TAIL_CHARS, pump
 from .command_output import tail as tail_of
@@ -248,14 +253,18 @@ def run_command(settings: CommandSettings, params: dict, ctx, *, poll_s: float =
     with open(os.path.join(trial_dir, "command.json"), "w") as fh:
         json.dump({"argv": argv, "cwd": cwd, "params": params}, fh, default=format_value, indent=1)
     token = uuid.uuid4().hex
-    proc, guard = start(argv, cwd, child_env(settings, params, ctx, token), token)
+    ckdir = CheckpointDir(ctx, trial_dir, settings.checkpoint_every, lambda: run.readings.last[0] if run.readings.count
+                          else 0)
+    proc, guard = start(argv, cwd, {**child_env(settings, params, ctx, token), **ckdir.restore()}, token)
     run = _Run(settings, ctx, proc, token, logs, poll_s, extra_metrics)
+    ckdir.start()
     try:
         stop = run.read()
         if stop is None or stop[0] != "pruned":
             run.reporter.flush()  # the last reading always reaches the curve (a prune answer now comes too late)
     finally:
         terminate_tree(proc, token, settings.kill_grace_s)  # the child if it runs, and whatever it left
+        ckdir.finish()
         run.drain()
         run.show(force=True)
         guard.release()

@@ -29,6 +29,7 @@ class CommandSettings:
     timeout_s: float | None = None
     workdir: str | None = None
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
+    checkpoint_every: float = 30.0  # seconds between uploads of $MONGOTUNE_CHECKPOINT_DIR (when it changed)
     kind: str = field(default=KIND)
 
     def __post_init__(self):
@@ -49,6 +50,8 @@ class CommandSettings:
             raise ConfigError(f"timeout: {self.timeout_s!r} is not a positive number of seconds")
         if not (isinstance(self.kill_grace_s, (int, float)) and self.kill_grace_s >= 0):
             raise ConfigError(f"kill grace: {self.kill_grace_s!r} is not a number of seconds >= 0")
+        if not (isinstance(self.checkpoint_every, (int, float)) and self.checkpoint_every >= 1):
+            raise ConfigError(f"checkpoint interval: {self.checkpoint_every!r} is not a number of seconds >= 1")
         if self.workdir is not None and not isinstance(self.workdir, str):
             raise ConfigError(f"workdir: {self.workdir!r} is not a path")
         if self.kind != KIND:

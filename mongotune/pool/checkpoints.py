@@ -42,13 +42,15 @@ class TrialCheckpoints:
         self.current: dict | None = None  # the pointer of the latest complete checkpoint (restored or saved)
         self.restored: dict | None = None
         self.seconds = 0.0  # time spent saving, for the result
+        self.saves = 0
 
     @property
     def kind(self) -> str:
         return self.store.kind
 
     def _prefix(self, step: int) -> str:
-        return f"trial-{int(self.lease.tid):05d}/ckpt-{int(step):05d}-{self.lease.token[:12]}"
+        self.saves += 1  # every save a prefix of its own: a pointer always names what it recorded
+        return f"trial-{int(self.lease.tid):05d}/ckpt-{int(step):05d}-{self.lease.token[:12]}-{self.saves}"
 
     def save(self, step: int, files: dict[str, Path], state: dict | None = None) -> bool:
         """Store ``files`` (name -> local path) and ``state`` as the trial's checkpoint at ``step``; False when
