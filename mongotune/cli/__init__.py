@@ -12,6 +12,7 @@ from ..errors import UserError
 from ._common import app, err
 from . import launch, pool, report, server, study  # noqa: F401,E402  (registers the commands)
 from . import recipes  # noqa: F401,E402
+from . import transfer  # noqa: F401,E402
 from . import hyperopt_worker  # noqa: F401,E402
 
 
