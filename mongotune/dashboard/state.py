@@ -95,7 +95,7 @@ class StudyView:
             info = self.loader.info
             rebuild = {"timeline": first or bool(changed) or running}
             if finished:
-                rebuild["history"] = True
+                rebuild.update(history=True, front=bool(info.objectives), hypervolume=bool(info.objectives))
                 self._heavy_dirty = True
             if self._heavy_dirty and (first or time.monotonic() - self._heavy_t >= self.heavy_every_s):
                 rebuild.update(dict.fromkeys(self.HEAVY, True))
@@ -107,7 +107,9 @@ class StudyView:
                         "parallel": lambda: ch.parallel_chart(info, rows),
                         "slices": lambda: ch.slice_chart(info, rows),
                         "curves": lambda: ch.curves_chart(info, rows),
-                        "timeline": lambda: ch.timeline_chart(info, rows, now)}
+                        "timeline": lambda: ch.timeline_chart(info, rows, now),
+                        "front": lambda: ch.front_chart(info, rows),
+                        "hypervolume": lambda: ch.hypervolume_chart(info, rows)}
             for key, build in builders.items():
                 if rebuild.get(key):
                     self._set_chart(build())
@@ -164,7 +166,8 @@ class StudyView:
                 send = rows[-self.LATEST:]
             else:
                 send = [r for r in rows if self.row_gen.get(r.tid, 0) > since]
-            keys = [k for k in ("history", "parallel", "slices", "curves", "importance", "timeline", "confusion")
+            keys = [k for k in ("history", "front", "hypervolume", "parallel", "slices", "curves", "importance",
+                                "timeline", "confusion")
                     if k in self.chart_json and (full or self.chart_gen.get(k, 0) > since)]
             running = [_row_json(r) for r in rows if r.state == "running"]
             head = {"gen": self.gen, "full": full, "study": self.loader.info.to_json(), "summary": self.summary,

@@ -24,11 +24,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..store import pareto
 from ..store.best import pick_best
 from .study_data import StudyInfo, TrialRow, flatten
 
 COLORS = {"ok": "#3b6fd8", "best": "#f07c1a", "failed": "#d93a3a", "pruned": "#9a9a9a", "running": "#1fa35c",
-          "queued": "#c4ccd8"}
+          "queued": "#c4ccd8", "infeasible": "#b0413e"}
 _FONT = {"family": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", "size": 12, "color": "#1f2933"}
 _AXIS = {"gridcolor": "#e4e8ee", "zerolinecolor": "#cfd6df", "linecolor": "#cfd6df", "automargin": True}
 MIN_IMPORTANCE_TRIALS = 5
@@ -88,7 +89,8 @@ def _finished(rows: list[TrialRow]) -> list[TrialRow]:
 
 def best_row(info: StudyInfo, rows: list[TrialRow]) -> TrialRow | None:
     """The study's best trial among ``rows``, by the store's one rule (``store.best``)."""
-    return pick_best(rows, lambda r: (r.loss if r.state in ("ok", "pruned") else None, r.state == "pruned", r.tid))
+    return pick_best(rows, lambda r: (r.loss if r.state in ("ok", "pruned") else None, r.state == "pruned", r.tid,
+                                      not r.feasible))
 
 
 def _space_kinds(space: Any, path: str = "", out: dict | None = None) -> dict[str, dict]:
@@ -192,10 +194,12 @@ def history_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
     done = [r for r in rows if r.state in ("ok", "failed", "pruned")]
     if not done:
         return _empty("history", title, "no finished trials yet")
-    ok = sorted([r for r in done if r.state == "ok" and r.loss is not None], key=lambda r: r.tid)
+    ok = sorted([r for r in done if r.state == "ok" and r.loss is not None and r.feasible], key=lambda r: r.tid)
+    infeasible = sorted([r for r in done if r.state == "ok" and r.loss is not None and not r.feasible],
+                        key=lambda r: r.tid)
     pruned = sorted([r for r in done if r.state == "pruned" and r.loss is not None], key=lambda r: r.tid)
     failed = sorted([r for r in done if r.state == "failed" or r.loss is None], key=lambda r: r.tid)
-    losses = [r.loss for r in ok + pruned]
+    losses = [r.loss for r in ok + pruned + infeasible]
     lo, hi = (min(losses), max(losses)) if losses else (0.0, 1.0)
     top = hi + 0.06 * ((hi - lo) or 1.0)
 
@@ -231,6 +235,13 @@ def history_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
         data.append({"type": "scatter", "mode": "lines", "name": "best so far", "legendgroup": "best",
                      "showlegend": show, "x": bx, "y": by, "line": {"color": COLORS["best"], "width": 2.5,
                                                                     "shape": "hv"}, "hoverinfo": "skip", **a})
+        s_in = pts(infeasible)
+        if s_in:  # they break a constraint: never the best
+            data.append({"type": "scatter", "mode": "markers", "name": "infeasible", "legendgroup": "infeasible",
+                         "showlegend": show, "x": [key(r) for r in s_in], "y": [r.loss for r in s_in],
+                         "text": [text(r) + " infeasible" for r in s_in],
+                         "hovertemplate": "%{text}<br>loss %{y:.5g}<extra></extra>",
+                         "marker": {"color": COLORS["infeasible"], "size": 7, "symbol": "circle-open"}, **a})
         s_pr = pts(pruned)
         if s_pr:
             data.append({"type": "scatter", "mode": "markers", "name": "pruned", "legendgroup": "pruned",
@@ -256,6 +267,91 @@ def history_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
         note = f"best: trial {best.tid}, loss {best.loss:.5g}" + (
             f", {info.metric} {best.metric:.5g}" if best.metric is not None and info.metric != "loss" else "")
     return Chart("history", title, {"data": data, "layout": layout}, note=note)
+
+
+# ---------------------------------------------------------------- several objectives
+def _losses(info: StudyInfo, r: TrialRow) -> tuple[float, ...] | None:
+    """A trial's objectives as losses (lower is better), None unless it has every one."""
+    values = r.values or {}
+    out = []
+    for o in info.objectives:
+        v = values.get(str(o["name"]))
+        if v is None:
+            return None
+        out.append(pareto.orient(v, str(o.get("goal"))))
+    return tuple(out)
+
+
+def _front_candidate(r: TrialRow) -> bool:
+    return r.state == "ok" and r.feasible
+
+
+def front_rows(info: StudyInfo, rows: list[TrialRow]) -> list[TrialRow]:
+    """The study's Pareto front among ``rows`` (``store.pareto``: complete, feasible, non-dominated)."""
+    return pareto.front([r for r in rows if _front_candidate(r)], lambda r: _losses(info, r))
+
+
+def _objective_label(o: dict) -> str:
+    return f"{_t(o['name'])} ({'higher' if o.get('goal') == 'max' else 'lower'} is better)"
+
+
+def front_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
+    """Two objectives: every finished trial, the front highlighted and joined; three or more: parallel
+    coordinates of the front's members."""
+    title = "Pareto front"
+    front = front_rows(info, rows)
+    if not front:
+        return _empty("front", title, "no complete trial that meets the constraints yet")
+    names = [str(o["name"]) for o in info.objectives]
+    note = f"{len(front)} trial(s) on the front of {', '.join(names)}"
+    if len(names) > 2:
+        dims = [{"label": _t(n), "values": [r.values[n] for r in front]} for n in names]
+        trace = {"type": "parcoords", "dimensions": dims, "line": {"color": [r.values[names[0]] for r in front],
+                 "colorscale": "Viridis", "reversescale": info.objectives[0].get("goal") == "min"}}
+        layout = _layout(380, margin={"l": 70, "r": 40, "t": 60, "b": 30})
+        layout.pop("xaxis"), layout.pop("yaxis")
+        return Chart("front", title, {"data": [trace], "layout": layout}, note=note + "; colour: " + names[0])
+    on = {r.tid for r in front}
+    x, y = names
+
+    def trace(seq, name, marker, mode="markers", **kw):
+        return {"type": "scatter", "mode": mode, "name": name, "x": [r.values.get(x) for r in seq],
+                "y": [r.values.get(y) for r in seq], "text": [f"trial {r.tid}" for r in seq],
+                "hovertemplate": "%{text}<br>" + _t(x) + " %{x:.5g}<br>" + _t(y) + " %{y:.5g}<extra></extra>",
+                "marker": marker, **kw}
+
+    others = [r for r in rows if r.state == "ok" and r.tid not in on and r.values and None not in r.values.values()]
+    data = [trace([r for r in others if r.feasible], "trials", {"color": COLORS["ok"], "size": 6, "opacity": 0.6}),
+            trace(sorted(front, key=lambda r: r.values[x]), "Pareto front", {"color": COLORS["best"], "size": 9},
+                  mode="lines+markers", line={"color": COLORS["best"], "shape": "hv", "width": 1.5})]
+    bad = [r for r in others if not r.feasible]
+    if bad:
+        data.append(trace(bad, "infeasible", {"color": COLORS["infeasible"], "size": 7, "symbol": "x-thin",
+                                              "line": {"width": 2, "color": COLORS["infeasible"]}}))
+    layout = _layout(380, xaxis={**_AXIS, "title": {"text": _objective_label(info.objectives[0])}},
+                     yaxis={**_AXIS, "title": {"text": _objective_label(info.objectives[1])}})
+    return Chart("front", title, {"data": data, "layout": layout}, note=note)
+
+
+def hypervolume_chart(info: StudyInfo, rows: list[TrialRow]) -> Chart:
+    """The front's hypervolume as trials finished (``pareto.hypervolume_history``: each objective scaled
+    from the best to the worst value any complete feasible trial reached, reference 10 % beyond the worst)."""
+    title = "Hypervolume over time"
+    done = sorted([r for r in rows if r.state in ("ok", "pruned", "failed") and r.ended is not None],
+                  key=lambda r: (r.ended, r.tid))
+    history = pareto.hypervolume_history([_losses(info, r) if _front_candidate(r) else None for r in done])
+    pts = [(i + 1, r, v) for i, (r, v) in enumerate(zip(done, history)) if v is not None]
+    if not pts:
+        return _empty("hypervolume", title, "no complete trial that meets the constraints yet")
+    trace = {"type": "scatter", "mode": "lines+markers", "name": "hypervolume", "x": [n for n, _, _ in pts],
+             "y": [v for _, _, v in pts], "text": [f"after trial {r.tid}" for _, r, _ in pts],
+             "hovertemplate": "%{text}<br>hypervolume %{y:.4g}<extra></extra>",
+             "line": {"color": COLORS["best"], "shape": "hv", "width": 2}, "marker": {"size": 4}}
+    layout = _layout(320, xaxis={**_AXIS, "title": {"text": "trials finished"}},
+                     yaxis={**_AXIS, "title": {"text": "hypervolume (normalised)"}})
+    return Chart("hypervolume", title, {"data": [trace], "layout": layout},
+                 note=f"now {pts[-1][2]:.4g} (each objective scaled to [0, 1] over the complete feasible trials, "
+                      f"reference point 1.1)")
 
 
 # ---------------------------------------------------------------- parallel coordinates
@@ -602,17 +698,25 @@ def summary(info: StudyInfo, rows: list[TrialRow], now: datetime.datetime | None
     from .study_data import rows_by_state
 
     best = best_row(info, rows)
-    return {"counts": rows_by_state(rows), "trials": len(rows),
-            "best": None if best is None else {"tid": best.tid, "loss": best.loss, "metric": best.metric,
-                                               "pruned": best.state == "pruned", "params": best.params},
-            "utilisation": utilisation(rows, now)}
+    out = {"counts": rows_by_state(rows), "trials": len(rows),
+           "best": None if best is None else {"tid": best.tid, "loss": best.loss, "metric": best.metric,
+                                              "pruned": best.state == "pruned", "params": best.params},
+           "utilisation": utilisation(rows, now)}
+    if info.constraints:
+        out["infeasible"] = sum(1 for r in rows if r.state in ("ok", "pruned") and not r.feasible)
+    if len(info.objectives) > 1:
+        out["front"] = [r.tid for r in front_rows(info, rows)]
+    return out
 
 
 def build_charts(info: StudyInfo, rows: list[TrialRow], now: datetime.datetime | None = None, *,
                  importances: dict | str | None = None) -> list[Chart]:
     """Every chart of a study, in the order the report shows them."""
-    charts = [history_chart(info, rows), parallel_chart(info, rows), slice_chart(info, rows),
-              curves_chart(info, rows), importance_chart(info, rows, importances), timeline_chart(info, rows, now)]
+    charts = [history_chart(info, rows)]
+    if len(info.objectives) > 1:
+        charts += [front_chart(info, rows), hypervolume_chart(info, rows)]
+    charts += [parallel_chart(info, rows), slice_chart(info, rows), curves_chart(info, rows),
+               importance_chart(info, rows, importances), timeline_chart(info, rows, now)]
     cm = confusion_chart(info)
     if cm is not None:
         charts.append(cm)

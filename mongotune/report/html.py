@@ -147,6 +147,10 @@ def _cards(info: StudyInfo, rows: list[TrialRow], s: dict) -> str:
              (f"best {info.metric}", "-" if not best or best["metric"] is None else _fmt(best["metric"])),
              ("best trial", "-" if not best else best["tid"]),
              ("pool utilisation", "-" if u is None else f"{u:.0%}")]
+    if "front" in s:
+        items.append(("Pareto front", f"{len(s['front'])} trials"))
+    if "infeasible" in s:
+        items.append(("infeasible", s["infeasible"]))
     return "".join(f'<div class="card"><div class="k">{_esc(k)}</div><div class="v">{_esc(v)}</div></div>'
                    for k, v in items)
 

@@ -35,10 +35,13 @@ TRIAL_FIELDS = ["tid", "exp_key", "state", "params", "result.status", "result.lo
                 "refresh_time", "finished", "attempts", "progress", "version", "duration_s", "misc.vals"]
 
 
-def trial_fields(metric: str) -> list[str]:
+def trial_fields(metric: str, others: Iterable[str] = ()) -> list[str]:
     """``TRIAL_FIELDS`` and what the value of the study's metric needs (a command study's own metric; the
-    whole result for a name that is not a plain field name)."""
-    extra = metric_fields(metric)
+    whole result for a name that is not a plain field name); ``others``: the study's other objectives' and
+    its constraints' metrics (their values, ``result.losses`` and ``result.constraints`` too)."""
+    extra = [f for name in (metric, *others) for f in metric_fields(name)]
+    if others:
+        extra += ["result.losses", "result.constraints"]
     fields = [f for f in TRIAL_FIELDS if "result" not in extra or not f.startswith("result.")]
     return list(dict.fromkeys([*fields, *extra]))
 
@@ -56,11 +59,19 @@ class StudyInfo:
     model: str | None = None
     dataset: str | None = None
     artifacts_root: str | None = None  # the study's shared artifact root, as its document names it
+    objectives: list = field(default_factory=list)  # several objectives: [{name, goal}, ...]; one: []
+    constraints: list = field(default_factory=list)  # [{metric, op, bound}]
 
     exp_key: str = ""  # the trials' exp_key (``mongotune:NAME``; a stock fmin experiment's own)
 
     def __post_init__(self):
         self.exp_key = self.exp_key or f"mongotune:{self.name}"
+
+    @property
+    def fields(self) -> list[str]:
+        """The fields of a trial document this study's rows need (``trial_fields``)."""
+        others = [str(o["name"]) for o in self.objectives[1:]] + [str(c["metric"]) for c in self.constraints]
+        return trial_fields(self.metric, others)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -88,6 +99,8 @@ class TrialRow:
     progress: dict | None = None  # running trials: epoch, epochs, metrics
     last_output: str | None = None  # running command trials: last stdout line
     refreshed: datetime.datetime | None = None  # the document's refresh_time (server clock)
+    values: dict | None = None  # a study of several objectives: each one's value ({name: value})
+    feasible: bool = True  # meets the study's constraints (``store.best.feasible``; none: always)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -119,6 +132,8 @@ def info_of(study: Study) -> StudyInfo:
         dataset=dataset.get("name") if isinstance(dataset, dict) else dataset,
         artifacts_root=study.artifacts_root if isinstance(study.artifacts_root, str) else None,
         exp_key=study.exp_key,
+        objectives=list(study.objectives) if getattr(study, "metrics", None) else [],
+        constraints=list(getattr(study, "constraints", None) or []),
     )
 
 
@@ -153,7 +168,8 @@ def curve_of(rec: TrialRecord, metric: str) -> list[dict]:
     return out
 
 
-def trial_row(rec: TrialRecord, metric: str, now: datetime.datetime | None = None) -> TrialRow:
+def trial_row(rec: TrialRecord, metric: str, now: datetime.datetime | None = None,
+              objectives: Iterable[dict] = ()) -> TrialRow:
     """One trial (``TrialRecord``) as a row; an ``error`` trial (hyperopt's) shows as failed."""
     result = rec.result
     state = "failed" if rec.outcome == "error" else rec.outcome
@@ -172,7 +188,8 @@ def trial_row(rec: TrialRecord, metric: str, now: datetime.datetime | None = Non
     row = TrialRow(
         tid=rec.tid, state=state, params=rec.param_values, loss=loss, metric=value, curve=curve_of(rec, metric),
         pruned_at=result.get("pruned_at") if state == "pruned" else None, failure=failure, worker=_worker(rec),
-        started=started, ended=ended, attempts=rec.attempts, refreshed=refreshed,
+        started=started, ended=ended, attempts=rec.attempts, refreshed=refreshed, feasible=rec.feasible,
+        values={str(o["name"]): rec.metric_value(str(o["name"])) for o in objectives} or None,
     )
     if state == "running":
         if now is not None and isinstance(refreshed, datetime.datetime):
@@ -204,7 +221,7 @@ def get_study(db, name: str, *, jobs: str = "jobs") -> StudyInfo:
 
 
 def _rows(records: Iterable[TrialRecord], info: StudyInfo, now) -> list[TrialRow]:
-    return [trial_row(rec, info.metric, now) for rec in records]
+    return [trial_row(rec, info.metric, now, info.objectives) for rec in records]
 
 
 def _store(db, jobs: str) -> TrialStore:
@@ -214,7 +231,7 @@ def _store(db, jobs: str) -> TrialStore:
 def load_study_data(db, name: str, *, jobs: str = "jobs") -> tuple[StudyInfo, list[TrialRow]]:
     """The study and all its trials, sorted by tid."""
     info = get_study(db, name, jobs=jobs)
-    records = _store(db, jobs).records(info.exp_key, fields=trial_fields(info.metric), lenient=True)
+    records = _store(db, jobs).records(info.exp_key, fields=info.fields, lenient=True)
     return info, _rows(records, info, server_now(db))
 
 
@@ -267,11 +284,11 @@ class TrialLoader:
         size = self.store.size()
         self._calls += 1
         if self._since is None:
-            records = self.store.records(self.info.exp_key, fields=trial_fields(self.info.metric), lenient=True)
+            records = self.store.records(self.info.exp_key, fields=self.info.fields, lenient=True)
         else:
             queued = size != self._size or self._calls % self.queued_every == 0
             records = self.store.changed(self.info.exp_key, self._since, queued=queued,
-                                         fields=trial_fields(self.info.metric), lenient=True)
+                                         fields=self.info.fields, lenient=True)
         self._size = size
         fresh = _rows(records, self.info, now)
         self.docs_read += len(fresh)

@@ -105,7 +105,7 @@
   // ------------------------------------------------------------ one study
   // what moves with every trial first (cheap SVG charts); parallel coordinates (WebGL, the costliest to
   // draw) and the slices further down, drawn when scrolled to
-  var ORDER = ['history', 'curves', 'importance', 'timeline', 'slices', 'parallel', 'confusion'];
+  var ORDER = ['history', 'front', 'hypervolume', 'curves', 'importance', 'timeline', 'slices', 'parallel', 'confusion'];
   var WIDE = { history: 1, parallel: 1, slices: 1, timeline: 1 };
   var HEAVY = { parallel: 1, slices: 1 };  // the server sends these at most every few seconds
 
@@ -185,6 +185,8 @@
       ['pruned', c.pruned], ['running', c.running], ['queued', c.queued],
       ['best ' + text(s.metric), best && best.metric !== null ? num(best.metric) : '-'], ['best trial', best ? best.tid : '-'],
       ['pool utilisation', typeof u === 'number' ? Math.round(u * 100) + '%' : '-']];
+    if (sum.front) items.push(['Pareto front', sum.front.length + ' trials']);
+    if (typeof sum.infeasible === 'number') items.push(['infeasible', sum.infeasible]);
     fill.apply(null, ['cards'].concat(items.map(function (kv) {
       return el('div', { class: 'card', 'data-key': kv[0] }, el('div', { class: 'k' }, kv[0]),
         el('div', { class: 'v' }, text(kv[1] === undefined ? 0 : kv[1])));
@@ -201,7 +203,8 @@
   }
 
   function trialRow(r) {
-    return el('tr', { id: 'trial-' + text(r.tid), 'data-state': text(r.state) }, td(text(r.tid), 'num'), td(badge(r.state)),
+    var state = r.feasible === false ? [badge(r.state), ' ', el('span', { class: 'state infeasible' }, 'infeasible')] : [badge(r.state)];
+    return el('tr', { id: 'trial-' + text(r.tid), 'data-state': text(r.state) }, td(text(r.tid), 'num'), td(state),
       td(num(r.loss, 5), 'num'), td(num(r.metric, 5), 'num'), td(worker(r.worker)), td(fmtParams(r.params)));
   }
 
