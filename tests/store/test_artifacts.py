@@ -103,3 +103,13 @@ def test_auto_is_the_directory_on_the_embedded_server(mongo_server, mongo_url, t
     store = open_store(None, db_of(mongo_url), "s1", tmp_path)
     expected = "gridfs" if os.environ.get("MONGOTUNE_TEST_MONGO") else "local"
     assert store.kind == expected
+
+
+@pytest.mark.slow
+def test_an_object_larger_than_one_server_reply_round_trips(mongo_url, tmp_path):
+    """The embedded server answers a query in one reply of at most 48 MB: chunks are read in batches."""
+    store = GridFSStore(db_of(mongo_url), "big")
+    src = _blob(tmp_path / "big.bin", 50 << 20)
+    info = store.put("big/model.keras", src)
+    out = tmp_path / "out.bin"
+    assert store.get("big/model.keras", out).sha256 == info.sha256 and out.read_bytes() == src.read_bytes()
