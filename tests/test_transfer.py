@@ -94,6 +94,8 @@ def test_copy_between_two_servers_and_bad_input(mongo_url, tmp_path):
         # a name that exists at the target, an unknown URL scheme, a file that is not an archive: one line, exit 2
         one_line_error(run_cli("copy", "cp", "--from", mongo_url, "--to", target), "already exists")
         one_line_error(run_cli("copy", "cp", "--from", mongo_url, "--to", "s3://bucket/x"), "unknown scheme")
+        one_line_error(run_cli("launch", "baseline", "--dataset", "digits", "--artifact-store", "s3://b",
+                               "--mongo", target), "unknown artifact store")
         junk = tmp_path / "junk.tar"
         junk.write_bytes(b"not a tar file at all" * 100)
         one_line_error(run_cli("import", junk, "--mongo", target), "not a mongotune study archive")

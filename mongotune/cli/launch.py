@@ -84,6 +84,10 @@ LAUNCH_OPTIONS = [
                                       "others' are deleted as the study goes (params, history, curves stay).")),
     ("artifacts", Optional[str], typer.Option(None, help="Optional shared artifact root for the study; each "
                                               "worker uses it only if it is among its --allow-root roots.")),
+    ("artifact_store", Optional[str], typer.Option(None, "--artifact-store", help="Where trials keep their "
+                                                   "checkpoints: gridfs (the study's database, any host resumes "
+                                                   "a trial), local (each worker's directory) or auto (default: "
+                                                   "gridfs on MongoDB, local on the embedded server).")),
     ("mixed_precision", str, typer.Option("auto", "--mixed-precision",
                                           help="auto (on with a GPU), on or off: mixed_float16 training.")),
     ("xla", str, typer.Option("auto", help="auto (on with a GPU), on or off: XLA-compiled training steps.")),

@@ -53,6 +53,7 @@ class LaunchOptions:
     weights: str | None = None
     keep_models: int = 3
     artifacts: str | None = None
+    artifact_store: str | None = None  # checkpoints: auto, local or gridfs (store.artifacts)
     mixed_precision: str = "auto"
     xla: str = "auto"
     pruner: str | None = None  # None: search.defaults.PRUNER; "none": no pruning
@@ -164,7 +165,8 @@ def core_settings(opts: LaunchOptions, kind: ObjectiveKind) -> dict:
                 max_evals=opts.max_evals if opts.max_evals is not None else kind.default_max_evals(opts),
                 pruner=pruner_settings(opts, kind.launch_max_epochs(opts)), lease_s=opts.lease,
                 max_attempts=opts.max_attempts, queue_spare=opts.queue_spare,
-                seed=opts.seed if opts.seed is not None else new_seed(), artifacts_root=opts.artifacts)
+                seed=opts.seed if opts.seed is not None else new_seed(), artifacts_root=opts.artifacts,
+                artifact_store=opts.artifact_store)
     Study(objective={"kind": kind.name}, search={"algo": opts.algo}, **core).validate()
     return core
 
