@@ -41,6 +41,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import random
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -68,9 +69,19 @@ STUDIES_REFRESH_S = 2.0
 REPORT_RETRY = RetryPolicy(max_wait_s=5.0, log_every_s=60.0)  # a curve point must not stall training for long
 
 
+LONG_IDLE_LOOKS = 40  # about 10 s of looking at an empty queue
+LONG_IDLE_MAX_S = 1.0
+
+
 def idle_backoff(empty_looks: int, poll_min_s: float = 0.05, poll_max_s: float = 0.25) -> float:
-    """Seconds an idle worker waits after its ``empty_looks``-th look in a row at an empty queue."""
-    return min(poll_min_s * 1.5 ** min(empty_looks, 60), poll_max_s)
+    """Seconds an idle worker waits after its ``empty_looks``-th look in a row at an empty queue: from
+    ``poll_min_s`` up to ``poll_max_s``; after about 10 s idle, up to ``LONG_IDLE_MAX_S``, jittered, so a
+    pool of hundreds of idle workers does not poll the server in step (``bench/bench_scale.py``)."""
+    wait = min(poll_min_s * 1.5 ** min(empty_looks, 60), poll_max_s)
+    if empty_looks <= LONG_IDLE_LOOKS:
+        return wait
+    longer = min(poll_max_s * 1.1 ** (empty_looks - LONG_IDLE_LOOKS), max(LONG_IDLE_MAX_S, poll_max_s))
+    return max(wait, longer * random.uniform(0.5, 1.0))
 
 
 @dataclass

@@ -67,6 +67,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import random
 import threading
 import time
 import uuid
@@ -373,6 +374,13 @@ class Counts:
         return {k: getattr(self, k) for k in ("queued", "running", "ok", "failed", "pruned", "error")}
 
 
+def _candidates(queued: list[dict], spread: int = 3) -> list[dict]:
+    """The trials one reservation tries, in order: the oldest, then ``spread`` others at random (many
+    workers looking at once all see the same oldest one; only one of them gets it)."""
+    rest = queued[1:]
+    return queued[:1] + (random.sample(rest, spread) if len(rest) > spread else rest)
+
+
 _REQUEUED = {"state": QUEUED, "owner": None, "lease_token": None, "book_time": None, "worker": None}
 
 
@@ -420,7 +428,9 @@ class TrialStore:
         Look, then take: a read of the queued trials, then an atomic update of
         one of them (oldest tid first) that is still conditional on it being
         queued, so two workers never take the same trial.  The caller gives a
-        fresh token per attempt (see ``Worker._reserve``).  Both filters are as
+        fresh token per attempt (see ``Worker._reserve``).  The oldest is tried
+        first; when another worker took it, a few others at random (``_candidates``),
+        so that hundreds of workers do not all race for the head of the queue.  Both filters are as
         small as that allows: the embedded server probes the whole collection
         for each field of a filter, and answers a sort by decoding every trial.
         """
@@ -438,7 +448,7 @@ class TrialStore:
                             key=lambda d: (d.get("tid") is not None, d.get("tid") or 0))
             if not queued:
                 return None
-            for q in queued[:4]:
+            for q in _candidates(queued):
                 # still queued (a queued trial is always unowned: every write that queues one clears
                 # its owner), so two workers never take the same trial
                 doc = self.jobs.find_one_and_update(
