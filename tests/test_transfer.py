@@ -114,3 +114,30 @@ def test_copy_between_two_servers_and_bad_input(mongo_url, tmp_path):
         assert not list(tmp_path.glob(".cp.tar.tmp-*"))
     finally:
         other.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_copied_keras_study_runs_final_on_the_target_with_the_same_params_and_accuracy(mongo_url, tmp_path):
+    from mongotune.store.embedded import start_server
+
+    r = run_cli("launch", "baseline", "--study", "kc", "--dataset", "digits", "--max-evals", 2, "--epochs", 2,
+                "--patience", 1, "--algo", "rand", "--pruner", "none", "--workers", 1, "--seed", 7,
+                "--mongo", mongo_url, "-q", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    other = start_server(tmp_path / "group-db", port=0)
+    try:
+        target = f"mongodb://{other.host}:{other.port}/group"
+        r = run_cli("copy", "kc", "--from", mongo_url, "--to", target)
+        assert r.returncode == 0, r.stdout + r.stderr
+        finals = {}
+        for name, url in (("source", mongo_url), ("target", target)):
+            r = run_cli("final", "kc", "--mongo", url, "--out", tmp_path / f"final-{name}", timeout=600)
+            assert r.returncode == 0, r.stdout + r.stderr
+            finals[name] = db_of(url).studies.find_one({"_id": "kc"})["final"]
+    finally:
+        other.stop()
+    src_best = db_of(mongo_url).studies.find_one({"_id": "kc"})["best"]
+    assert finals["target"]["tid"] == finals["source"]["tid"] == src_best["tid"]
+    assert finals["target"].get("params", src_best.get("params")) == src_best.get("params")
+    assert finals["target"]["test_accuracy"] == pytest.approx(finals["source"]["test_accuracy"], abs=1e-9)
