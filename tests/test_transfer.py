@@ -141,3 +141,32 @@ def test_a_copied_keras_study_runs_final_on_the_target_with_the_same_params_and_
     assert finals["target"]["tid"] == finals["source"]["tid"] == src_best["tid"]
     assert finals["target"].get("params", src_best.get("params")) == src_best.get("params")
     assert finals["target"]["test_accuracy"] == pytest.approx(finals["source"]["test_accuracy"], abs=1e-9)
+
+
+def test_gc_deletes_what_no_trial_needs_and_keeps_the_rest(mongo_url, tmp_path):
+    import datetime
+
+    import bson
+
+    db = db_of(mongo_url)
+    StudyStore(db).create(Study(name="gc", max_evals=3, objective={"kind": "synthetic"}, artifact_store="gridfs"))
+    queue_trials(mongo_url, "gc", [{"x": 0.1}, {"x": 0.2}])
+    store, blob = GridFSStore(db, "gc"), tmp_path / "blob"
+    blob.write_bytes(b"x" * 100_000)
+    for key in ("trial-00001/ckpt-00003-a-1/model.keras", "trial-00002/ckpt-00002-b-1/model.keras",
+                "trial-00002/ckpt-00003-b-2/model.keras", "trial-00001/model.keras"):
+        store.put(key, blob)
+    ref = {"step": 3, "lease": "a", "files": {"model.keras": {}}, "prefix": "trial-00001/ckpt-00003-a-1"}
+    db.jobs.update_one({"tid": 1}, {"$set": {"state": 2, "checkpoint": ref}})  # finished; its worker died after
+    db.jobs.update_one({"tid": 2}, {"$set": {"state": 1, "checkpoint": {**ref, "prefix": "trial-00002/ckpt-00002-b-1"}}})
+    old = bson.ObjectId.from_datetime(datetime.datetime(2020, 1, 1))
+    db["artifacts.chunks"].insert_one({"files_id": old, "n": 0, "data": b"y" * 5000})  # an upload cut off long ago
+    r = run_cli("gc", "gc", "--dry-run", "--mongo", mongo_url)
+    assert r.returncode == 0 and "would delete 1 objects" in r.stdout, r.stdout + r.stderr
+    assert len(store.list()) == 4
+    r = run_cli("gc", "gc", "--grace", 0, "--mongo", mongo_url)  # the running trial's unnamed save counts as stale
+    assert r.returncode == 0 and "deleted 2 objects" in r.stdout and "1 pointers" in r.stdout, r.stdout + r.stderr
+    assert [i.key for i in store.list()] == ["trial-00001/model.keras", "trial-00002/ckpt-00002-b-1/model.keras"]
+    assert db.jobs.find_one({"tid": 1}).get("checkpoint") is None and db.jobs.find_one({"tid": 2})["checkpoint"]
+    assert db["artifacts.chunks"].count_documents({"files_id": old}) == 0
+    one_line_error(run_cli("gc", "nope", "--mongo", mongo_url), "nope")

@@ -1,4 +1,6 @@
-"""Studies that travel: ``export``, ``import`` and ``copy`` (the library is ``mongotune.store.transfer``)."""
+"""Studies that travel: ``export``, ``import``, ``copy``; and ``gc`` of a study's artifact store.
+
+The libraries are ``mongotune.store.transfer`` and ``mongotune.store.gc``."""
 
 from __future__ import annotations
 
@@ -91,3 +93,33 @@ def copy(study: str = typer.Argument(..., help="Study name at the source."),
             src[0].close()
             dst[0].close()
     _summary("copied", s, "to the target")
+
+
+@app.command("gc")
+def gc(study: str = typer.Argument(..., help="Study name."),
+       grace: float = typer.Option(3600.0, "--grace", help="Seconds: a checkpoint not yet pointed at, or a cut-off "
+                                   "write, younger than this may still be in progress and stays."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Count what would go; delete nothing."),
+       mongo: Optional[str] = MongoOpt):
+    """Delete what a study's artifact store holds that nothing needs: checkpoints of finished trials, checkpoints
+    no trial points at, pieces of writes cut off."""
+    with _user_errors():
+        if grace < 0:
+            raise UserError(f"--grace must be >= 0 seconds, got {grace:g}")
+        with _mongo(mongo) as url:
+            from ..store.gc import collect
+            from ..store.studies import StudyStore
+            from ..store.transfer import study_store
+            from ..store.trialdoc import TrialStore
+
+            client, db, jobs = _open(url)
+            try:
+                st = StudyStore(db).get(study)
+                r = collect(study_store(db, st.name, st.artifact_store, _local_root()), TrialStore(db, jobs),
+                            st.name, grace_s=grace, dry_run=dry_run)
+            finally:
+                client.close()
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{study}: {verb} {r.deleted} objects ({r.freed_bytes / 2**20:.1f} MiB) and {r.pointers} pointers of "
+              f"finished trials; {r.swept} pieces of cut-off writes ({r.swept_bytes / 2**20:.1f} MiB); kept "
+              f"{r.kept} objects ({r.kept_bytes / 2**20:.1f} MiB)", highlight=False)

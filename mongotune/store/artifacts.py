@@ -34,10 +34,13 @@ import io
 import json
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import bson
 
 from .. import safepath
 from ..errors import ConfigError
@@ -196,6 +199,20 @@ class DirectoryStore:
             parent.rmdir()
             parent = parent.parent
 
+    def sweep(self, older_than_s: float) -> tuple[int, int]:
+        """Delete what writes cut off left (temporary files, data without a checksum) older than
+        ``older_than_s``: (files, bytes)."""
+        if not self.base.is_dir() or safepath.inside(self.base, [self.base.parent]) is None:
+            return 0, 0
+        cutoff, n, size = time.time() - older_than_s, 0, 0
+        for p in list(self.base.rglob("*")):
+            stray = ".tmp-" in p.name or (not p.name.startswith(".") and not self._meta(p).exists())
+            if p.is_file() and not p.is_symlink() and stray and p.stat().st_mtime < cutoff:
+                size += p.stat().st_size
+                p.unlink(missing_ok=True)
+                n += 1
+        return n, size
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         if not self.base.is_dir() or safepath.inside(self.base, [self.base.parent]) is None:
             return []
@@ -293,6 +310,20 @@ class GridFSStore:
     def delete(self, key: str) -> None:
         for doc in self._docs(key):
             self._delete_id(doc["_id"])
+
+    def sweep(self, older_than_s: float) -> tuple[int, int]:
+        """Delete the chunks of uploads cut off (no file document) begun more than ``older_than_s`` ago, in the
+        whole bucket (a chunk does not say its study): (chunks, bytes)."""
+        files = {d["_id"] for d in self.files.find({}, projection=["_id"])}
+        cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_s)
+        stray = {c["files_id"] for c in self.chunks.find({}, projection=["files_id"])} - files
+        old = [f for f in stray if isinstance(f, bson.ObjectId) and f.generation_time < cutoff]
+        n = size = 0
+        for fid in old:
+            for c in self.chunks.find({"files_id": fid}, projection=["data"]):
+                n, size = n + 1, size + len(c.get("data") or b"")
+            self.chunks.delete_many({"files_id": fid})
+        return n, size
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         out = {}

@@ -90,7 +90,7 @@ def export_study(db, jobs, name: str, dest: Path, local_root: Path | None) -> Su
     if study is None:
         raise StudyNotFound(f"no study named {name!r}")
     plain = bson.decode(study.raw)
-    store = None if local_root is None else _store(db, name, plain.get("artifact_store"), local_root)
+    store = None if local_root is None else study_store(db, name, plain.get("artifact_store"), local_root)
     plain["coordinator"] = None
     docs = sorted(_raw(jobs).find({"exp_key": exp_key_of(name)}), key=lambda d: d.get("tid") or 0)
     summary, trials = Summary(name), []
@@ -217,7 +217,8 @@ def _renamed(arch: Archive, name: str) -> tuple[dict, list]:
     return study, trials
 
 
-def _store(db, name: str, kind, local_root: Path) -> ArtifactStore:
+def study_store(db, name: str, kind, local_root: Path) -> ArtifactStore:
+    """The artifact store of study ``name`` (its ``artifact_store`` setting ``kind``); TransferError if none."""
     try:
         return open_store(kind, db, name, local_root)
     except ArtifactError as exc:
@@ -239,7 +240,7 @@ def import_study(db, jobs, path: Path, local_root: Path, *, as_name: str | None 
         raise TransferError(f"a study named {name!r} already exists at the target; import it --as another name")
     study, trials = _renamed(arch, name)
     summary = Summary(name, trials=len(trials))
-    store = _store(db, name, study.get("artifact_store"), local_root) if arch.artifacts else None
+    store = study_store(db, name, study.get("artifact_store"), local_root) if arch.artifacts else None
     try:
         _put_artifacts(path, arch, store, summary)
         if trials:

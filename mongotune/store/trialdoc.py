@@ -601,6 +601,12 @@ class TrialStore:
         return self.jobs.update_one({"exp_key": exp_key, "tid": tid, "checkpoint.prefix": prefix},
                                     {"$unset": {"checkpoint": ""}}).matched_count == 1
 
+    def checkpoint_refs(self, exp_key: str) -> dict[int, tuple[int, dict | None]]:
+        """Every trial of the study that points at a checkpoint: tid -> (state, pointer)."""
+        docs = self.jobs.find({"exp_key": exp_key}, projection=["tid", "state", "checkpoint"])
+        return {d["tid"]: (d.get("state"), decode(d["checkpoint"])) for d in docs
+                if isinstance(d.get("checkpoint"), dict) and isinstance(d.get("tid"), int)}
+
     def record_artifacts(self, lease: Lease, host: str, path: str) -> bool:
         ref = ArtifactsRef(host=host, path=path).model_dump()
         return self.jobs.update_one(lease.filter, {"$set": {"artifacts": ref}}).matched_count == 1
