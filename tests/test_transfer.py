@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 
 import pytest
@@ -170,3 +171,15 @@ def test_gc_deletes_what_no_trial_needs_and_keeps_the_rest(mongo_url, tmp_path):
     assert db.jobs.find_one({"tid": 1}).get("checkpoint") is None and db.jobs.find_one({"tid": 2})["checkpoint"]
     assert db["artifacts.chunks"].count_documents({"files_id": old}) == 0
     one_line_error(run_cli("gc", "nope", "--mongo", mongo_url), "nope")
+
+
+def test_status_shows_the_size_of_the_artifact_store(mongo_url, tmp_path):
+    db = db_of(mongo_url)
+    StudyStore(db).create(Study(name="sz", max_evals=1, objective={"kind": "synthetic"}, artifact_store="gridfs"))
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"z" * (3 << 20))
+    GridFSStore(db, "sz").put("trial-00001/model.keras", blob)
+    r = run_cli("status", "sz", "--mongo", mongo_url)
+    assert r.returncode == 0 and "artifacts: 1 objects, 3.0 MiB (gridfs store)" in r.stdout, r.stdout + r.stderr
+    r = run_cli("status", "sz", "--mongo", mongo_url, "--json")
+    assert json.loads(r.stdout)["artifacts"] == {"store": "gridfs", "objects": 1, "bytes": 3 << 20}

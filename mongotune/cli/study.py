@@ -64,6 +64,19 @@ def _front_lines(several: dict) -> list[str]:
 FRONT_LINES = 10  # members of the front `status` lists
 
 
+def _stored(db, st) -> dict | None:
+    """What the study's artifact store holds (this host's directory for a local store); None if it cannot say."""
+    from .. import paths
+    from ..store.artifacts import ArtifactError, open_store
+
+    try:
+        store = open_store(st.artifact_store, db, st.name, paths.artifacts_dir())
+        objects = store.list()
+    except (ArtifactError, OSError):
+        return None
+    return {"store": store.kind, "objects": len(objects), "bytes": sum(o.size for o in objects)}
+
+
 @app.command()
 def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
            as_json: bool = JsonOpt):
@@ -81,11 +94,12 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
             st = StudyStore(db).resolve(name, trials)
             snap = snapshot(trials, WorkerRegistry(db), st)
             several = _front_summary(trials, st) if st.metrics or st.constraints else {}
+            stored = _stored(db, st)
         finally:
             client.close()
     if as_json:
         print_json({**snap.as_dict(), "status": st.status, "objective": st.kind, "algo": st.algo,
-                    "pruner": st.pruner, "metric": st.metric, "seed": _seed(st), **several})
+                    "pruner": st.pruner, "metric": st.metric, "seed": _seed(st), **several, "artifacts": stored})
         return
     seed = _seed(st)
     out.print(Text.assemble("study ", (str(st.name), "bold"), f": {_describe(st)}, status {st.status}"
@@ -96,6 +110,9 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
                       + json.dumps(snap.best_params, default=str)))
     for line in _front_lines(several):
         out.print(lit(line))
+    if stored:
+        out.print(lit(f"artifacts: {stored['objects']} objects, {stored['bytes'] / 2**20:.1f} MiB "
+                      f"({stored['store']} store)"))
     if snap.running:
         t = Table(title="running trials")
         for col in ("tid", "attempt", "worker", "gpu", "step", "heartbeat age", "progress"):
