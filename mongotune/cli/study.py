@@ -237,7 +237,8 @@ def requeue(name: str = typer.Argument(..., help="Study name."),
 
 @app.command()
 def final(name: str = typer.Argument(..., help="Study name."), mongo: Optional[str] = MongoOpt,
-          trial: Optional[int] = typer.Option(None, help="Trial id (default: the best)."),
+          trial: Optional[int] = typer.Option(None, help="Trial id, any successful one, e.g. a member of the "
+                                             "Pareto front (leaderboard --pareto); default: the best."),
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
                                                  "(default $MONGOTUNE_HOME/artifacts/NAME/final)."),
           allow_user_code: bool = typer.Option(False, "--allow-user-code", help="Import the study's --model-fn "

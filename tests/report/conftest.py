@@ -8,6 +8,7 @@ the coordinator with the ``synthetic`` objective: no documents are made up.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -157,6 +158,21 @@ def live_dashboard():
     yield start
     for d in made:
         d.close()
+
+
+@contextlib.contextmanager
+def dashboard_page(browser, dash, name: str):
+    """``(page, errors)``: the dashboard's page of study ``name`` with its first update in and every shown chart
+    drawn; closed after."""
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors = watch_errors(page)
+    try:
+        page.goto(f"{dash.base}/study/{name}")
+        page.wait_for_function("window.mtState && window.mtState.updates >= 1", timeout=60_000)
+        wait_rendered(page)
+        yield page, errors
+    finally:
+        page.close()
 
 
 def wait_rendered(page, timeout_ms: int = 60_000) -> None:

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import wait_rendered, watch_errors
+from conftest import dashboard_page, watch_errors
 from helpers import run_cli
 
 pytestmark = pytest.mark.timeout(600)
@@ -70,12 +70,7 @@ def test_report_and_dashboard_draw_the_front_and_mark_infeasible_trials(mongo_ur
         page.close()
 
     dash = live_dashboard(mongo_url)
-    page = browser.new_page(viewport={"width": 1300, "height": 900})
-    errors = watch_errors(page)
-    try:
-        page.goto(f"{dash.base}/study/mov")
-        page.wait_for_function("window.mtState && window.mtState.updates >= 1", timeout=60_000)
-        wait_rendered(page)
+    with dashboard_page(browser, dash, "mov") as (page, errors):
         for key in ("front", "hypervolume"):
             assert page.locator(f"#plot-{key}").get_attribute("data-rendered") == "1", key
         assert "Pareto front" in page.locator("#plot-front g.legend").text_content()
@@ -83,5 +78,3 @@ def test_report_and_dashboard_draw_the_front_and_mark_infeasible_trials(mongo_ur
         assert page.locator("#trials-table .infeasible").count() == sum(not r.feasible for r in shown)
         assert "infeasible" in page.locator("#cards").text_content()
         assert errors == [], errors
-    finally:
-        page.close()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import SPACE, synthetic_study, wait_rendered, watch_errors
+from conftest import SPACE, dashboard_page, synthetic_study, wait_rendered, watch_errors
 from helpers import db_of, log_text, mongotune, run_cli, stop, wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -308,12 +308,7 @@ def test_pruned_and_requeued_trials_render_marked_in_report_and_dashboard(mongo_
         ctx.close()
 
     dash = live_dashboard(mongo_url)
-    page = browser.new_page(viewport={"width": 1300, "height": 900})
-    errors = watch_errors(page)
-    try:
-        page.goto(f"{dash.base}/study/prq")
-        page.wait_for_function("window.mtState && window.mtState.updates >= 1", timeout=60_000)
-        wait_rendered(page)
+    with dashboard_page(browser, dash, "prq") as (page, errors):
         rendered = page.evaluate("Array.from(document.querySelectorAll('section:not([hidden]) .plot'))"
                                  ".map(e => e.dataset.rendered)")
         assert rendered == ["1"] * 6, rendered
@@ -324,6 +319,5 @@ def test_pruned_and_requeued_trials_render_marked_in_report_and_dashboard(mongo_
         assert page.locator("#trial-2[data-state=ok]").count() == 1
         assert page.locator("#trials-table tbody tr[data-state=pruned]").count() == len(pruned)
         assert errors == [], errors
-    finally:
-        page.close()
+
     assert set(dash.recorder.commands) <= READ_COMMANDS, set(dash.recorder.commands)
