@@ -183,3 +183,16 @@ def test_status_shows_the_size_of_the_artifact_store(mongo_url, tmp_path):
     assert r.returncode == 0 and "artifacts: 1 objects, 3.0 MiB (gridfs store)" in r.stdout, r.stdout + r.stderr
     r = run_cli("status", "sz", "--mongo", mongo_url, "--json")
     assert json.loads(r.stdout)["artifacts"] == {"store": "gridfs", "objects": 1, "bytes": 3 << 20}
+
+
+def test_launch_stores_the_artifact_store_and_checkpoint_interval(tmp_path):
+    from mongotune.objectives.launch import LaunchOptions, plan_launch
+
+    keras = plan_launch(LaunchOptions(model="baseline", dataset="digits", max_evals=1, epochs=3, checkpoint_every=60,
+                                      artifact_store="gridfs")).study
+    assert keras.artifact_store == "gridfs" and keras.objective["training"]["checkpoint_every"] == 60
+    cmd = plan_launch(LaunchOptions(study="c", command="echo {x}", param=["x:0:1"], metric=["m"], cwd=str(tmp_path),
+                                    checkpoint_every=5)).study
+    assert cmd.objective["checkpoint_every"] == 5 and cmd.artifact_store is None
+    for bad, needle in ((["--checkpoint-every", "-1"], "--checkpoint-every"), (["--artifact-store", "nfs"], "nfs")):
+        one_line_error(run_cli("launch", "baseline", "--dataset", "digits", "--max-evals", 1, *bad), needle)

@@ -88,6 +88,10 @@ LAUNCH_OPTIONS = [
                                                    "checkpoints: gridfs (the study's database, any host resumes "
                                                    "a trial), local (each worker's directory) or auto (default: "
                                                    "gridfs on MongoDB, local on the embedded server).")),
+    ("checkpoint_every", Optional[float], typer.Option(None, "--checkpoint-every", help="Seconds: at most one "
+                                                       "checkpoint per this many (Keras: at the end of an epoch, "
+                                                       "default every epoch; a command: uploads of "
+                                                       "$MONGOTUNE_CHECKPOINT_DIR, default 30).")),
     ("mixed_precision", str, typer.Option("auto", "--mixed-precision",
                                           help="auto (on with a GPU), on or off: mixed_float16 training.")),
     ("xla", str, typer.Option("auto", help="auto (on with a GPU), on or off: XLA-compiled training steps.")),

@@ -38,7 +38,8 @@ class CommandKind(ObjectiveKind):
             raise ConfigError("a command study needs --metric NAME (what the command prints, e.g. val_accuracy)")
         first = parse_metric(opts.metric[0], opts.goal)
         return make_settings(opts.command, metric=first["name"], params=opts.param, space=space, goal=first["goal"],
-                             aggregate=opts.metric_agg, timeout=opts.timeout, workdir=opts.workdir, cwd=opts.cwd)
+                             aggregate=opts.metric_agg, timeout=opts.timeout, workdir=opts.workdir, cwd=opts.cwd,
+                             checkpoint_every=opts.checkpoint_every)
 
     def known_metrics(self, opts: LaunchOptions) -> dict[str, str] | None:
         return None  # a command prints what it prints: any name it prints in metric lines

@@ -104,7 +104,7 @@ def make_settings(command: str | list[str], *, metric: str, params: list[str] | 
                   space: dict | None = None, goal: str = "max", aggregate: str = "last",
                   timeout: str | float | None = None, workdir: str | None = None,
                   kill_grace_s: float = DEFAULT_KILL_GRACE_S, cwd: str | Path | None = None,
-                  check_paths: bool = True) -> tuple[CommandSettings, dict]:
+                  check_paths: bool = True, checkpoint_every: float | None = None) -> tuple[CommandSettings, dict]:
     """Validate a command study as ``launch`` receives it; return its settings and its JSON space.
 
     ``space`` is a ``--space`` file's JSON (already read); ``params`` are
@@ -126,7 +126,8 @@ def make_settings(command: str | list[str], *, metric: str, params: list[str] | 
             raise ConfigError(f"workdir: {workdir} is not a directory")
         workdir = str(wd.resolve())
     settings = CommandSettings(command=argv, metric=metric, goal=goal, aggregate=aggregate,
-                               timeout_s=parse_duration(timeout), workdir=workdir, kill_grace_s=kill_grace_s)
+                               timeout_s=parse_duration(timeout), workdir=workdir, kill_grace_s=kill_grace_s,
+                               **({} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}))
     placeholders(settings.command, full_space)
     if check_paths:
         check_relative_paths(settings.command, settings.workdir, cwd)

@@ -135,7 +135,8 @@ class KerasKind(ObjectiveKind):
         return Training(epochs=pick("epochs", DEFAULT_EPOCHS), patience=pick("patience", 5),
                         loss=pick("loss", "neg_val_accuracy"),
                         max_train_samples=opts.max_train_samples, weights=recipe.get("weights"), seed=seed,
-                        mixed_precision=opts.mixed_precision, xla=opts.xla, keep_models=opts.keep_models)
+                        mixed_precision=opts.mixed_precision, xla=opts.xla, keep_models=opts.keep_models,
+                        checkpoint_every=0.0 if opts.checkpoint_every is None else opts.checkpoint_every)
 
     def check(self, opts: LaunchOptions, space: dict | None) -> None:
         from ..models._registry import check_model_name

@@ -47,6 +47,8 @@ class Training:
             raise ConfigError("--epochs must be >= 1 and --patience >= 0")
         if self.keep_models < 0:
             raise ConfigError(f"--keep-models must be >= 0, got {self.keep_models}")
+        if not isinstance(self.checkpoint_every, (int, float)) or not 0 <= self.checkpoint_every < float("inf"):
+            raise ConfigError(f"--checkpoint-every must be a number of seconds >= 0, got {self.checkpoint_every}")
         return self
 
     @property

@@ -54,6 +54,7 @@ class LaunchOptions:
     keep_models: int = 3
     artifacts: str | None = None
     artifact_store: str | None = None  # checkpoints: auto, local or gridfs (store.artifacts)
+    checkpoint_every: float | None = None  # seconds between checkpoints (None: the kind's default)
     mixed_precision: str = "auto"
     xla: str = "auto"
     pruner: str | None = None  # None: search.defaults.PRUNER; "none": no pruning
