@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import bson
-
 from .. import safepath
 from ..errors import ConfigError
 
@@ -314,6 +312,8 @@ class GridFSStore:
     def sweep(self, older_than_s: float) -> tuple[int, int]:
         """Delete the chunks of uploads cut off (no file document) begun more than ``older_than_s`` ago, in the
         whole bucket (a chunk does not say its study): (chunks, bytes)."""
+        import bson  # here: Study.validate imports this module, and launch's fast errors come before pymongo
+
         files = {d["_id"] for d in self.files.find({}, projection=["_id"])}
         cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_s)
         stray = {c["files_id"] for c in self.chunks.find({}, projection=["files_id"])} - files
