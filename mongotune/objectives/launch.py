@@ -256,8 +256,8 @@ def plan_launch(opts: LaunchOptions, progress=None) -> LaunchPlan:
     kind = choose_kind(opts)
     space = load_space_file(opts.space) if opts.space else None
     kind.check(opts, space)  # the model, the function, the command: what the user named first
-    core = core_settings(opts, kind)
-    core.update(objective_settings(opts, kind))
+    objectives = objective_settings(opts, kind)  # the metrics and constraints it was asked for
+    core = {**core_settings(opts, kind), **objectives}
     check_grid(opts, space)
     core["search"] = search_settings(opts)
     built = kind.build(opts, core, space)
