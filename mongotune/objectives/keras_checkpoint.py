@@ -73,9 +73,10 @@ def restore(run, ctx, seed: int) -> dict | None:
             raise TrialFailure("checkpoint", f"cannot load the checkpoint of epoch {ref.get('step')}: "
                                              f"{type(exc).__name__}: {str(exc)[:300]}") from None
 
-    if cp.restore(run.art / "resume", apply) is None:
-        return None
+    got = cp.restore(run.art / "resume", apply)
     shutil.rmtree(run.art / "resume", ignore_errors=True)
+    if got is None:
+        return None
     import keras
 
     keras.utils.set_random_seed((seed + loaded["step"]) % (2**31))  # batches differ from the lost run's
@@ -123,12 +124,12 @@ def callback(run, ctx, early, resumed: dict | None):
             if time.monotonic() - self.last < float(run.training.checkpoint_every or 0):
                 return
             self.last = time.monotonic()
-            _save(run, cp, early, done, self.history)
+            _save(run, cp, early, done, self.history, ctx.tid)
 
     return Checkpointer()
 
 
-def _save(run, cp, early, step: int, history: dict) -> None:
+def _save(run, cp, early, step: int, history: dict, tid: int) -> None:
     tmp = Path(run.art) / ".checkpoint"
     tmp.mkdir(parents=True, exist_ok=True)
     try:
@@ -141,12 +142,8 @@ def _save(run, cp, early, step: int, history: dict) -> None:
         state = {"history": history, "epoch_seconds": list(run.monitor.epoch_seconds),
                  "early": {"wait": int(early.wait), "best_epoch": int(early.best_epoch), "best": best}}
         if not cp.save(step, files, state):
-            log.warning("trial %s: checkpoint of epoch %d not recorded: the lease is gone", ctx_tid(run), step)
+            log.warning("trial %s: checkpoint of epoch %d not recorded: the lease is gone", tid, step)
     except Exception as exc:  # noqa: BLE001 - a checkpoint that cannot be written: training goes on
-        log.warning("trial %s: no checkpoint at epoch %d: %s: %s", ctx_tid(run), step, type(exc).__name__, exc)
+        log.warning("trial %s: no checkpoint at epoch %d: %s: %s", tid, step, type(exc).__name__, exc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ctx_tid(run) -> str:
-    return Path(run.art).parent.name if run.art else "?"
