@@ -78,3 +78,29 @@ def test_report_and_dashboard_draw_the_front_and_mark_infeasible_trials(mongo_ur
         assert page.locator("#trials-table .infeasible").count() == sum(not r.feasible for r in shown)
         assert "infeasible" in page.locator("#cards").text_content()
         assert errors == [], errors
+
+
+def test_three_objectives_draw_the_front_in_parallel_coordinates_and_the_hypervolume_grows():
+    """No database, no browser: the chart builders on rows as the loaders make them."""
+    import datetime
+
+    from mongotune.report import charts as ch
+    from mongotune.report.study_data import StudyInfo, TrialRow
+
+    objectives = [{"name": "acc", "goal": "max"}, {"name": "<b>size</b>", "goal": "min"}, {"name": "ms", "goal": "min"}]
+    info = StudyInfo(name="three", metric="acc", goal="max", objectives=objectives,
+                     constraints=[{"metric": "ms", "op": "<=", "bound": 5.0}])
+    t0 = datetime.datetime(2026, 1, 1)
+    points = [(0.9, 10, 1), (0.8, 5, 1), (0.95, 20, 9), (0.7, 12, 2), (0.85, 5, 0.5)]
+    rows = [TrialRow(tid=i, state="ok", loss=-a, metric=a, values={"acc": a, "<b>size</b>": s, "ms": m},
+                     feasible=m <= 5.0, ended=t0 + datetime.timedelta(seconds=i))
+            for i, (a, s, m) in enumerate(points)]
+    assert [r.tid for r in ch.front_rows(info, rows)] == [0, 4]  # 2 breaks the constraint; 1, 3 are dominated
+    fig = ch.front_chart(info, rows).figure
+    assert fig["data"][0]["type"] == "parcoords"
+    assert [d["label"] for d in fig["data"][0]["dimensions"]] == ["acc", "&lt;b&gt;size&lt;/b&gt;", "ms"]
+    assert fig["data"][0]["dimensions"][0]["values"] == [0.9, 0.85]
+    hv = ch.hypervolume_chart(info, rows).figure["data"][0]["y"]
+    assert hv == sorted(hv) and hv[-1] > hv[0]
+    s = ch.summary(info, rows)
+    assert s["front"] == [0, 4] and s["infeasible"] == 1
