@@ -32,15 +32,6 @@ def _seed(st) -> int | None:
         return st.seed
 
 
-def _front_summary(trials, st) -> dict:
-    """A study of several objectives or with constraints: its objectives, constraints, Pareto front (each
-    member's values) and how many trials break a constraint."""
-    front, infeasible = trials.front(st.exp_key, st.objectives)
-    names = [str(o["name"]) for o in st.objectives]
-    return {"objectives": st.objectives, "constraints": st.constraints, "infeasible": infeasible,
-            "front": [{"tid": r.tid, "values": {n: r.metric_value(n) for n in names}} for r in front]}
-
-
 def _front_lines(several: dict) -> list[str]:
     """The front as ``status`` prints it: its size, then one line per member (at most FRONT_LINES)."""
     if not several:
@@ -82,6 +73,7 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
            as_json: bool = JsonOpt):
     """Counts by outcome, the best trial, running trials with worker, heartbeat and progress."""
     with _user_errors(), _mongo(mongo) as url:
+        from ..report.leaderboard import front_summary
         from ..store import open_client
         from ..store.progress import snapshot
         from ..store.studies import StudyStore
@@ -93,7 +85,7 @@ def status(name: str = typer.Argument(..., help="Study name."), mongo: Optional[
             trials = TrialStore(db, db[parsed.collection])
             st = StudyStore(db).resolve(name, trials)
             snap = snapshot(trials, WorkerRegistry(db), st)
-            several = _front_summary(trials, st) if st.metrics or st.constraints else {}
+            several = front_summary(trials, st) if st.metrics or st.constraints else {}
             stored = _stored(db, st)
         finally:
             client.close()

@@ -58,6 +58,15 @@ def leaderboard(url: str, name: str, top: int = 10, *, include_pruned: bool = Fa
         client.close()
 
 
+def front_summary(trials: TrialStore, study) -> dict:
+    """What ``status`` shows of a study of several objectives or with constraints: its objectives, its
+    constraints, its Pareto front (each member's values) and how many finished trials break a constraint."""
+    front, infeasible = trials.front(study.exp_key, study.objectives)
+    names = [str(o["name"]) for o in study.objectives]
+    return {"objectives": study.objectives, "constraints": study.constraints, "infeasible": infeasible,
+            "front": [{"tid": r.tid, "values": {n: r.metric_value(n) for n in names}} for r in front]}
+
+
 def _row(rec, study) -> dict:
     """One trial's row (see ``leaderboard``)."""
     r = rec.result
