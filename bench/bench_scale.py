@@ -110,8 +110,13 @@ class SimWorker:
         self.done = 0
 
     def run(self) -> None:
-        from mongotune.pool.worker import idle_backoff
         from mongotune.store.trialdoc import new_token
+
+        try:
+            from mongotune.pool.worker import idle_backoff
+        except ImportError:  # a checkout from before it (PYTHONPATH=OTHER_CHECKOUT: a before/after)
+            def idle_backoff(k):
+                return min(0.05 * 1.5 ** min(k, 60), 0.25)
 
         self.registry.register({"_id": self.wid, **self.info, "exp_key": None})
         empty, next_beat = 0, time.monotonic() + IDLE_BEAT_S * random.random()
