@@ -105,11 +105,41 @@ def test_auto_is_the_directory_on_the_embedded_server(mongo_server, mongo_url, t
     assert store.kind == expected
 
 
-@pytest.mark.slow
-def test_an_object_larger_than_one_server_reply_round_trips(mongo_url, tmp_path):
-    """The embedded server answers a query in one reply of at most 48 MB: chunks are read in batches."""
-    store = GridFSStore(db_of(mongo_url), "big")
-    src = _blob(tmp_path / "big.bin", 50 << 20)
-    info = store.put("big/model.keras", src)
-    out = tmp_path / "out.bin"
-    assert store.get("big/model.keras", out).sha256 == info.sha256 and out.read_bytes() == src.read_bytes()
+def test_an_object_is_read_in_batches_that_keep_every_reply_small(mongo_url, tmp_path):
+    """The embedded server answers a query in one reply of at most 48 MB, so an object of any size is read
+    READ_BATCH chunks per query: a 17 MB object takes two queries or more, none answered with more than
+    READ_BATCH chunks (so no reply exceeds READ_BATCH MB, whatever the object's size), and round-trips."""
+    import pymongo
+    from pymongo import monitoring
+
+    from mongotune.store.artifacts import CHUNK, READ_BATCH
+
+    class Replies(monitoring.CommandListener):
+        def __init__(self):
+            self.sizes = []
+
+        def started(self, event):
+            pass
+
+        def succeeded(self, event):
+            if event.command_name in ("find", "getMore"):
+                cursor = event.reply.get("cursor") or {}
+                batch = cursor.get("firstBatch", cursor.get("nextBatch", []))
+                if cursor.get("ns", "").endswith(".artifacts.chunks"):
+                    self.sizes.append(len(batch))
+
+        def failed(self, event):
+            pass
+
+    replies = Replies()
+    client = pymongo.MongoClient(mongo_url, event_listeners=[replies])
+    try:
+        store = GridFSStore(client.get_default_database(), "big")
+        src = _blob(tmp_path / "big.bin", (READ_BATCH + 1) * CHUNK)
+        info = store.put("big/model.keras", src)
+        replies.sizes.clear()
+        out = tmp_path / "out.bin"
+        assert store.get("big/model.keras", out).sha256 == info.sha256 and out.read_bytes() == src.read_bytes()
+    finally:
+        client.close()
+    assert len(replies.sizes) >= 2 and max(replies.sizes) == READ_BATCH, replies.sizes
