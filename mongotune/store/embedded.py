@@ -413,9 +413,10 @@ async def _open_listeners(dbpath: Path, tcp: tuple[str, int] | None, tcp_require
                           stack: contextlib.AsyncExitStack) -> _Listeners:
     """The database, its Unix socket listener and (when ``tcp``) a TCP one; all closed with ``stack``."""
     from mongoeco.api import AsyncMongoClient
-    from mongoeco.engines.sqlite import SQLiteEngine
 
-    client = await stack.enter_async_context(AsyncMongoClient(SQLiteEngine(str(dbpath / DB_FILE))))
+    from .embedded_engine import FlatCostSQLiteEngine
+
+    client = await stack.enter_async_context(AsyncMongoClient(FlatCostSQLiteEngine(str(dbpath / DB_FILE))))
     # capacity 1: the smallest ring that keeps mongoeco's connection count and event total current
     unix = _wire_server_class()(socket_path(dbpath), _publish_peers(dbpath), client=client, diagnostic_capacity=1)
     stack.push_async_callback(unix.close)

