@@ -225,6 +225,7 @@ def run(args) -> dict:
                 trials.count_by_state_unsynced(JOB_STATE_DONE)
             meter.mark("poll")
 
+        launched = time.monotonic()  # launch passes its start to the progress snapshot
         for i in range(args.trials):
             block = i // args.block
             if i % args.block == 0 and args.profile and block in (0, n_blocks - 1):
@@ -263,7 +264,7 @@ def run(args) -> dict:
             assert store.finish(lease, result, {"duration_s": 15.3, "worker": info, "owner": worker_id})
             meter.mark("finish")
             if i % 2 == 1:  # launch's progress line, and the queue target's reads
-                snapshot(store, registry, study, view=trials)
+                snapshot(store, registry, study, launched, view=trials)
                 queue_cache.pop("t", None)
                 coord._queue_target(study, queue_cache, trials)
             if i % 20 == 19:  # the coordinator's and a worker's expired-lease sweeps
