@@ -18,6 +18,14 @@ server 3.7 times what one of its first 100 trials did:
   "every document's value is a number" stays so only if the written ones are
   numbers too.  So the cache is kept and updated from the written rows alone.
 
+And one read: a find whose whole filter is one top-level field equal to a value
+(or ``$in`` a list), with no sort, skip or limit, such as a pool's
+``{"state": 0}``, parses every stored document in mongoeco 4.11, which uses
+its index on the field only for a ``find_one``.  When the field has a
+single-field index and no document holds an array there, this engine reads
+the matching documents through that index, as mongoeco's own ``find_one``
+path does, without the limit.
+
 The written rows are judged by mongoeco's own probe for each feature, run on a
 copy of just those rows under a scratch namespace inside the same write
 transaction, then removed; a feature whose kind is not known here is dropped
@@ -32,6 +40,8 @@ import threading
 from typing import Any, Callable
 
 from mongoeco.core.identity import id_contains_numeric_value
+from mongoeco.core.projections import apply_projection
+from mongoeco.core.query_plan import EqualsCondition, InCondition
 from mongoeco.engines.sqlite import SQLiteEngine
 
 SCRATCH_DB = "\x00mongotune-feature-probe"
@@ -157,3 +167,46 @@ class FlatCostSQLiteEngine(SQLiteEngine):
                          f"SELECT ?, coll_name, storage_key, document FROM documents "
                          f"WHERE db_name = ? AND coll_name = ? AND storage_key IN ({marks})",
                          (SCRATCH_DB, db_name, coll_name, *chunk))
+
+    # -------------------------------------------------------- reads by an index
+    def _open_scan_documents_sync(self, reader):
+        docs = self._indexed_equality_read(reader)
+        return iter(docs) if docs is not None else super()._open_scan_documents_sync(reader)
+
+    def _indexed_equality_read(self, reader) -> list[dict] | None:
+        """The documents of ``{field: value}`` / ``{field: {"$in": [...]}}`` through the field's index, or None
+        when the read has another shape (then mongoeco's own plan answers it)."""
+        sem, db_name, coll_name = reader.semantics, reader.db_name, reader.coll_name
+        plan = sem.query_plan
+        if not isinstance(plan, (EqualsCondition, InCondition)) or "." in plan.field or plan.field == "_id":
+            return None
+        if (sem.text_query is not None or sem.sort or sem.skip or sem.limit or sem.collation is not None
+                or sem.hint is not None or self._is_profile_namespace(coll_name)):
+            return None
+        values = (plan.value,) if isinstance(plan, EqualsCondition) else tuple(plan.values)
+        if not values or not all(type(v) in (str, int, float, bool) for v in values):
+            return None  # null, documents, arrays: mongoeco's plan
+        index = next((ix for ix in self._load_indexes(db_name, coll_name) if ix["fields"] == [plan.field]
+                      and self._supports_scalar_index(ix) and ix.get("scalar_physical_name")), None)
+        if index is None or self._field_is_top_level_array_in_collection(db_name, coll_name, plan.field):
+            return None
+        conn = self._require_connection()
+        collection_id = self._lookup_collection_id(conn, db_name, coll_name)
+        if collection_id is None:
+            return None
+        try:
+            signatures = [sig for v in values for sig in self._multikey_signatures_for_query_value(
+                v, null_matches_undefined=plan.null_matches_undefined)]
+        except NotImplementedError:
+            return None
+        where = " OR ".join("(type_score = ? AND element_key = ?)" for _ in signatures)
+        params = [db_name, coll_name, collection_id, index["name"]]
+        for element_type, element_key in signatures:
+            params += [self._multikey_type_score(element_type), element_key]
+        rows = conn.execute(
+            "SELECT storage_key, document FROM documents WHERE db_name = ? AND coll_name = ? AND storage_key IN "
+            f"(SELECT storage_key FROM scalar_index_entries "
+            f"INDEXED BY {self._quote_identifier(str(index['scalar_physical_name']))} "
+            f"WHERE collection_id = ? AND index_name = ? AND ({where}))", tuple(params)).fetchall()
+        return [apply_projection(self._deserialize_document(doc), sem.projection, selector_filter=sem.filter_spec,
+                                 dialect=sem.dialect) for _, doc in rows]

@@ -411,6 +411,9 @@ class TrialStore:
         self.jobs.create_index([("exp_key", 1), ("state", 1)])
         self.jobs.create_index([("exp_key", 1), ("tid", 1)])
         self.jobs.create_index("lease_token", sparse=True)
+        # the state alone: a reservation's and the coordinator's reads filter on it, and the embedded
+        # server reads a one-field equality through a one-field index only (store/embedded_engine.py)
+        self.jobs.create_index("state")
 
     # ------------------------------------------------------------ new trials
     @staticmethod

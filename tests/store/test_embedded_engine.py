@@ -87,3 +87,22 @@ def test_duplicate_ids_still_refused(coll):
         with pytest.raises(DuplicateKeyError):
             coll.insert_one({"_id": dup})
     assert coll.count_documents({}) == 33
+
+
+def test_reads_by_a_one_field_index_follow_every_write(coll):
+    coll.create_index("state")
+    coll.insert_many([{"_id": i, "state": i % 4, "tid": i, "big": "x" * 100} for i in range(40)])
+    want = lambda s: [i for i in range(40) if i % 4 == s]  # noqa: E731
+    assert ids(coll.find({"state": 0})) == want(0)
+    assert ids(coll.find({"state": {"$in": [1, 3]}})) == sorted(want(1) + want(3))
+    assert all(set(d) == {"_id", "tid"} for d in coll.find({"state": 2}, projection=["tid"]))
+    coll.update_one({"_id": 5}, {"$set": {"state": 0}})
+    coll.update_many({"state": 2}, {"$set": {"state": 9}})
+    coll.insert_one({"_id": 40, "state": 0.0})  # 0.0 equals 0
+    assert ids(coll.find({"state": 0})) == sorted(want(0) + [5, 40])
+    assert ids(coll.find({"state": 2})) == []
+    coll.delete_one({"_id": 0})
+    coll.insert_one({"_id": 41, "state": [0, 7]})  # an array there: matched by element
+    assert ids(coll.find({"state": 0})) == sorted([i for i in want(0) if i] + [5, 40, 41])
+    assert ids(coll.find({"state": {"$in": [7]}})) == [41]
+    assert ids(coll.find({"state": "0"})) == []
