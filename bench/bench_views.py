@@ -121,11 +121,15 @@ def measure(n: int, runs: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-views-") as tmp:
         server = start_server(Path(tmp) / "db")
         try:
-            url = server.url + "/views"
+            url = server.url  # its database, trials in the default collection (a path after it names a collection)
             client, db, _ = open_client(url)
             name = f"views-{n}"
             row = {"trials": n, "insert_s": round(fill(db, name, n), 1)}
             home = Path(tmp) / "home"
+            _, seen = cli(url, "status", name, "--json", home=home)
+            row["status_finished"] = json.loads(seen.stdout)["finished"] if seen.returncode == 0 else None
+            if not row["status_finished"]:  # the views must read the trials just written, or nothing is measured
+                raise SystemExit(f"status sees no finished trial of {name}: {seen.stderr[-500:]}")
             row["status"] = timed_cli(url, runs, home, "status", name)
             row["leaderboard"] = timed_cli(url, runs, home, "leaderboard", name)
             out = Path(tmp) / "report.html"

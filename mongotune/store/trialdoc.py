@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
 import pymongo
+import pymongo.errors
 import pymongo.monitoring
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -708,12 +709,8 @@ class TrialStore:
 
     # ====================================================================== reads
     def counts(self, exp_key: str) -> Counts:
-        """How many of the study's trials are in each outcome (``outcome_of``), by six counts.
-
-        Counting is the cheapest read on either server (the embedded one answers a count in SQL
-        without decoding a document: 20 ms at 2,000 trials where grouping them took 700 ms).
-        """
-        count = self.jobs.count_documents
+        """How many of the study's trials are in each outcome (``outcome_of``), by six counts."""
+        count = self._count
         finished = {"exp_key": exp_key, "state": {"$nin": [QUEUED, RUNNING, ERROR]}}
         counts = Counts(queued=count({"exp_key": exp_key, "state": QUEUED}),
                         running=count({"exp_key": exp_key, "state": RUNNING}),
@@ -723,6 +720,15 @@ class TrialStore:
         counts.ok = status_ok - counts.pruned
         counts.failed = count(finished) - status_ok
         return counts
+
+    def _count(self, query: dict) -> int:
+        """The documents ``query`` matches, by the ``count`` command: the embedded server answers it in SQL
+        (20 ms at 2,000 trials) where ``count_documents``' aggregation decodes every match (520 ms).  Exact
+        outside sharded clusters, where it may count orphaned documents; ``count_documents`` where refused."""
+        try:
+            return int(self.db.command("count", self.jobs.name, query=query)["n"])
+        except pymongo.errors.OperationFailure:
+            return self.jobs.count_documents(query)
 
     def summarize(self, docs: Iterable[dict], exp_key: str) -> tuple[Counts, TrialRecord | None, list[TrialRecord]]:
         """``counts``, ``best`` and ``running`` of a study, from its queued, running and finished
@@ -770,24 +776,17 @@ class TrialStore:
 
     def _top_ranked(self, q: dict, top: int, fields: list[str] | None) -> list[TrialRecord]:
         """The ``top`` best trials ``q`` matches, read lowest loss first (ties by tid), stopping once ``top``
-        feasible trials that ran to their end are in hand: any trial after them in that order ranks after
+        feasible trials that ran to their end are in a prefix of that order: any trial after it ranks after
         them too (``best.rank_key`` puts those first, then by loss and tid).  So the top of a 10,000-trial
         study costs a sorted read of a few documents, not a decode of every one."""
-        seen: list[TrialRecord] = []
-        leaders = 0
-        cursor = self.jobs.find(q, projection=fields, sort=[("result.loss", 1), ("tid", 1)],
-                                batch_size=max(20, 2 * top))
-        try:
-            for doc in cursor:
-                rec = _record(doc)
-                seen.append(rec)
-                facts = rec.rank_facts
-                if rec.loss is not None and not facts[1] and not facts[3]:
-                    leaders += 1
-                    if leaders >= top:
-                        break
-        finally:
-            cursor.close()
+        limit = 2 * top + 20
+        while True:  # a limit, not a cursor's batches: the embedded server sorts and decodes the whole match
+            seen = [_record(doc) for doc in self.jobs.find(q, projection=fields, sort=[("result.loss", 1), ("tid", 1)],
+                                                           limit=limit)]
+            leaders = sum(1 for r in seen if r.loss is not None and not r.rank_facts[1] and not r.rank_facts[3])
+            if leaders >= top or len(seen) < limit:
+                break
+            limit *= 4
         return by_rank(seen, lambda r: r.rank_facts)[:top]
 
     def front(self, exp_key: str, objectives: list[dict]) -> tuple[list[TrialRecord], int]:
