@@ -278,7 +278,7 @@ def check_done(docs, n, name):
 
 
 def run_mongotune_study(res: Resources, base_url: str, tag: str, name: str, k: int, n: int, objective: str,
-                        sleep_s: float, timeout: float, before=None):
+                        sleep_s: float, timeout: float, before=None, algo: str = "tpe"):
     """Start K workers, wait until all have joined, run the study; return timings and the trial docs."""
     import pymongo
 
@@ -289,7 +289,7 @@ def run_mongotune_study(res: Resources, base_url: str, tag: str, name: str, k: i
     client = pymongo.MongoClient(url, serverSelectionTimeoutMS=10000)
     db = client.get_default_database()
     try:
-        coord.create(make_study(name, n, objective, sleep_s))
+        coord.create(make_study(name, n, objective, sleep_s, algo))
         t_spawn = time.monotonic()
         pool = res.pool(url, k, name, tag)
 
@@ -527,21 +527,21 @@ def bench_efficiency(res, base_url, out: Out, *, ks, per_worker, sleep_s, with_o
 
 
 # ====================================================================== 3. coordinator cost
-def bench_coordinator(res, base_url, out: Out, *, n, k, window) -> dict:
+def bench_coordinator(res, base_url, out: Out, *, n, k, window, algo="tpe") -> dict:
     import psutil
-    from hyperopt import tpe
 
     import mongotune.pool.coordinator as C
+    import mongotune.search.algorithms as A
 
     out.line(f"\n[bold]3. coordinator cost per trial[/bold]: {n} trials, synthetic objective (sleep 0), {k} workers, "
-             f"TPE; coordinator in this process, server and workers in their own")
+             f"{algo}; coordinator in this process, server and workers in their own")
     events = []  # after each insert: (trials queued, wall, process CPU, coordinator-thread CPU, suggest wall)
     acc = {"queued": 0, "suggest_s": 0.0, "suggest_calls": 0}
 
     def timed_suggest(new_ids, domain, trials, seed, *a, **kw):
         t = time.perf_counter()
         try:
-            return tpe.suggest(new_ids, domain, trials, seed, *a, **kw)
+            return suggest(new_ids, domain, trials, seed, *a, **kw)
         finally:
             acc["suggest_s"] += time.perf_counter() - t
             acc["suggest_calls"] += 1
@@ -576,14 +576,15 @@ def bench_coordinator(res, base_url, out: Out, *, n, k, window) -> dict:
         acc["workers"] = [psutil.Process(p.pid) for pool in res.pools for p in pool.procs]
         events.append((0, time.monotonic(), time.process_time(), time.thread_time(), 0.0, *others_cpu()))
 
-    orig_algo = C.ALGORITHMS["tpe"]
-    C.ALGORITHMS["tpe"] = timed_suggest
+    orig_algo = A.ALGORITHMS[algo]
+    suggest = orig_algo[0]
+    A.ALGORITHMS[algo] = (timed_suggest, orig_algo[1])
     C._StudyTrials._insert_trial_docs = timed_insert
     try:
         r = run_mongotune_study(res, base_url, "bench_coord", "coord", k, n, "synthetic", 0.0,
-                                timeout=3600, before=mark_start)
+                                timeout=4 * 3600, before=mark_start, algo=algo)
     finally:
-        C.ALGORITHMS["tpe"] = orig_algo
+        A.ALGORITHMS[algo] = orig_algo
         C._StudyTrials._insert_trial_docs = orig_insert
     docs = r["docs"]
     finished = sorted(d["finished"] for d in docs)
@@ -611,7 +612,7 @@ def bench_coordinator(res, base_url, out: Out, *, n, k, window) -> dict:
     total_cpu = events[-1][2] - events[0][2]
     first, last = windows[0], windows[-1]
     result = {
-        "trials": n, "workers": k, "objective": "synthetic", "sleep_s": 0.0, "algo": "tpe", "window": window,
+        "trials": n, "workers": k, "objective": "synthetic", "sleep_s": 0.0, "algo": algo, "window": window,
         "coordinator_wall_s": r4(total_wall), "trials_per_s": r4(n / total_wall),
         "startup_s": r4(r["ready"] - r["spawn"]), "suggest_calls": acc["suggest_calls"],
         "mean_batch": r4(n / max(1, acc["suggest_calls"])),
@@ -662,6 +663,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-optuna", action="store_true", help="efficiency: skip the Optuna comparison")
     ap.add_argument("--idle-trials", type=int, default=None, help="idle gap: trials (default 30)")
     ap.add_argument("--trials", type=int, default=None, help="coordinator: trials (default 1000)")
+    ap.add_argument("--coord-algo", default="tpe", help="coordinator: search algorithm (default tpe, as measured "
+                    "before; optuna-tpe is launch's default)")
     ap.add_argument("--coord-workers", type=int, default=4, help="coordinator: worker processes (default 4)")
     ap.add_argument("--queue-spare", type=int, default=None, help="trials queued beyond idle workers "
                                                                      "(default: the study default)")
@@ -705,7 +708,7 @@ def main(argv=None) -> int:
                                                      with_optuna=not args.no_optuna)
         if "coordinator" in only:
             results["coordinator"] = bench_coordinator(res, base, out, n=coord_trials, k=args.coord_workers,
-                                                       window=window)
+                                                       window=window, algo=args.coord_algo)
     except KeyboardInterrupt:
         out.line("\ninterrupted: stopping workers and the server")
         return 130

@@ -709,12 +709,15 @@ class TrialStore:
 
     # ====================================================================== reads
     def counts(self, exp_key: str) -> Counts:
-        """How many of the study's trials are in each outcome (``outcome_of``), by six counts."""
+        """How many of the study's trials are in each outcome (``outcome_of``): three counts of the finished, and
+        the few queued, running and errored trials read by state."""
         count = self._count
         finished = {"exp_key": exp_key, "state": {"$nin": [QUEUED, RUNNING, ERROR]}}
-        counts = Counts(queued=count({"exp_key": exp_key, "state": QUEUED}),
-                        running=count({"exp_key": exp_key, "state": RUNNING}),
-                        error=count({"exp_key": exp_key, "state": ERROR}))
+        # the unfinished and errored trials are few: read by state alone (an index read on either server)
+        few = [d for d in self.jobs.find({"state": {"$in": [QUEUED, RUNNING, ERROR]}}, projection=["exp_key", "state"])
+               if d.get("exp_key") == exp_key]
+        counts = Counts(**{name: sum(1 for d in few if d.get("state") == state)
+                           for name, state in (("queued", QUEUED), ("running", RUNNING), ("error", ERROR))})
         status_ok = count({**finished, "result.status": "ok"})
         counts.pruned = count({**finished, "result.status": "ok", "result.pruned": True})
         counts.ok = status_ok - counts.pruned
@@ -840,10 +843,9 @@ class TrialStore:
         return _record(doc) if doc else None
 
     def running(self, exp_key: str | None = None) -> list[TrialRecord]:
-        q: dict = {"state": RUNNING}
-        if exp_key is not None:
-            q["exp_key"] = exp_key
-        return [_record(d) for d in self.jobs.find(q, projection=_RUNNING_FIELDS).sort("tid", 1)]
+        docs = [d for d in self.jobs.find({"state": RUNNING}, projection=_RUNNING_FIELDS)  # by state alone: an index read
+                if exp_key is None or d.get("exp_key") == exp_key]
+        return [_record(d) for d in sorted(docs, key=lambda d: (str(d.get("exp_key")), d.get("tid", -1)))]
 
     def running_exp_keys(self) -> set[str]:
         return self.exp_keys(RUNNING)
