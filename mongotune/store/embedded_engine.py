@@ -45,6 +45,10 @@ from mongoeco.core.query_plan import EqualsCondition, InCondition
 from mongoeco.engines.sqlite import SQLiteEngine
 
 SCRATCH_DB = "\x00mongotune-feature-probe"
+# below this many documents a collection's facts are dropped at a write, as the stock engine does: re-deriving them
+# is cheap there, and the cache then holds only the facts of large collections (a server of many small databases,
+# such as the tests', would otherwise keep every fact it ever learnt, and each write scans them all)
+SMALL_COLLECTION = 500
 
 # feature kind (the cache key's text before the first colon) -> (probe method, how many ':'-separated args)
 _EXISTS = {
@@ -122,9 +126,16 @@ class FlatCostSQLiteEngine(SQLiteEngine):
                 table.clear()
             return super()._invalidate_collection_features_cache(db_name, coll_name)
         try:
+            if self._documents_in(db_name, coll_name) < SMALL_COLLECTION:
+                return super()._invalidate_collection_features_cache(db_name, coll_name)
             self._update_features(db_name, coll_name, sorted(written))
         except Exception:  # any surprise: forget the features, as the stock engine would
             super()._invalidate_collection_features_cache(db_name, coll_name)
+
+    def _documents_in(self, db_name: str, coll_name: str) -> int:
+        row = self._require_connection().execute(
+            "SELECT COUNT(*) FROM documents WHERE db_name = ? AND coll_name = ?", (db_name, coll_name)).fetchone()
+        return int(row[0]) if row else 0
 
     def _update_features(self, db_name: str, coll_name: str, keys: list[str]) -> None:
         cache = self._collection_features_cache

@@ -81,7 +81,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._codec import decode, encode
 from ._defaults import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS  # noqa: F401 (part of this module's API)
-from .best import feasible, metric_value, pick_best
+from .best import feasible, metric_value, pick_best, rank_key
 from .best import ranked as by_rank
 
 log = logging.getLogger("mongotune.trials")
@@ -786,7 +786,7 @@ class TrialStore:
         while True:  # a limit, not a cursor's batches: the embedded server sorts and decodes the whole match
             seen = [_record(doc) for doc in self.jobs.find(q, projection=fields, sort=[("result.loss", 1), ("tid", 1)],
                                                            limit=limit)]
-            leaders = sum(1 for r in seen if r.loss is not None and not r.rank_facts[1] and not r.rank_facts[3])
+            leaders = sum(1 for r in seen if (key := rank_key(*r.rank_facts)) is not None and not any(key[:2]))
             if leaders >= top or len(seen) < limit:
                 break
             limit *= 4
