@@ -58,6 +58,8 @@ _EXISTS = {
     "tagged_type": ("_field_contains_tagged_value_type_in_collection", 2),
     "contains_real_numeric": ("_field_contains_real_numeric_in_collection", 1),
     "contains_non_ascii_text": ("_field_contains_non_ascii_text_in_collection", 1),
+    "comparison_mismatch": ("_field_has_comparison_type_mismatch_in_collection", 2),
+    "scalar_or_array_comparison_mismatch": ("_field_has_scalar_or_array_element_type_mismatch_in_collection", 2),
 }
 _UNIFORM = {"uniform_scalar_sort_type": ("_field_has_uniform_scalar_sort_type_in_collection", 1)}
 
