@@ -63,7 +63,24 @@ def _docs() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def big_study(mongo_server, tmp_path_factory):
-    url = f"{mongo_server.base}/scaleviews{getattr(mongo_server, 'query', '')}"
+    """The study on a server of its own (the session's shared one holds hundreds of databases by now, which
+    makes 2,000 inserts there several times slower), or on ``MONGOTUNE_TEST_MONGO``'s."""
+    own = None
+    if os.environ.get("MONGOTUNE_TEST_MONGO"):
+        url = f"{mongo_server.base}/scaleviews{getattr(mongo_server, 'query', '')}"
+    else:
+        from mongotune.store.embedded import start_server
+
+        own = start_server(tmp_path_factory.mktemp("scale-views-db"), port=0)
+        url = f"mongodb://{own.host}:{own.port}/scaleviews"
+    try:
+        yield from _filled(url)
+    finally:
+        if own is not None:
+            own.stop()
+
+
+def _filled(url: str):
     db = db_of(url)
     db.client.drop_database(db.name)
     TrialStore(db).ensure_indexes()
