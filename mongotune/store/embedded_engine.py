@@ -128,8 +128,6 @@ class FlatCostSQLiteEngine(SQLiteEngine):
                 table.clear()
             return super()._invalidate_collection_features_cache(db_name, coll_name)
         try:
-            if self._documents_in(db_name, coll_name) < SMALL_COLLECTION:
-                return super()._invalidate_collection_features_cache(db_name, coll_name)
             self._update_features(db_name, coll_name, sorted(written))
         except Exception:  # any surprise: forget the features, as the stock engine would
             super()._invalidate_collection_features_cache(db_name, coll_name)
@@ -143,6 +141,9 @@ class FlatCostSQLiteEngine(SQLiteEngine):
         cache = self._collection_features_cache
         cached = {key: value for key, value in list(cache.items()) if key[:2] == (db_name, coll_name)}
         if not cached:
+            return  # nothing learnt yet: no count, no copy
+        if self._documents_in(db_name, coll_name) < SMALL_COLLECTION:
+            super()._invalidate_collection_features_cache(db_name, coll_name)
             return
         conn = self._require_connection()
         opened_here = not conn.in_transaction  # then our statements begin one: end it, leaving nothing behind
